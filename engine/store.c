@@ -1,0 +1,1341 @@
+/*
+ * store: the durable queue on SQLite. Owns the schema (version 1), every SQL
+ * statement of the project, and the mapping of SQLite result codes to MT_E...
+ * codes with messages that name the file. Must not know Lua, crypto or
+ * MessagePack: payloads and tokens are opaque. Called by worker.c, lua_api.c
+ * and the CLI through store.h.
+ *
+ * Every statement is prepared once at open and reused. Writes run inside
+ * BEGIN IMMEDIATE so that several processes on one file queue on the write
+ * lock (busy_timeout) instead of failing on a read-to-write lock upgrade.
+ */
+// SPDX-License-Identifier: MIT
+#include "store.h"
+
+#include <ctype.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "buf.h"
+
+#define SCHEMA_VERSION  1
+#define DEFAULT_BUSY_MS 5000
+#define REWRITE_BATCH   256
+#define STOPPED_WHY     "interrupted: the engine running it stopped"
+
+// The hot path (claim, finish, insert, get by id) must never scan the table:
+// tasks_due serves claim and next_run_at, tasks_running serves recovery, and
+// the id UNIQUE index serves everything by id. Every index costs each insert
+// and status change, so there are no more. An index on status was tried and
+// dropped: it cost ~20% of claim+finish throughput, and without statistics
+// the planner preferred it to tasks_due and sorted every pending row. Counts
+// and listing therefore scan, which is fine off the hot path.
+static const char schema_sql[] =
+    "CREATE TABLE tasks ("
+    " seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, task TEXT NOT NULL,"
+    " status INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,"
+    " retry_base INTEGER NOT NULL DEFAULT 0, payload BLOB, encrypted_payload TEXT,"
+    " created_at REAL NOT NULL, run_at REAL NOT NULL, started_at REAL, finished_at REAL,"
+    " error TEXT, traceback TEXT, owner TEXT, retries INTEGER, delay REAL, backoff REAL,"
+    " max_delay REAL, jitter REAL, timeout REAL, requeue_on_interrupt INTEGER, redact INTEGER,"
+    " CHECK ((payload IS NULL) <> (encrypted_payload IS NULL)));"
+    "CREATE INDEX tasks_due ON tasks(run_at, seq) WHERE status = 0;"
+    "CREATE INDEX tasks_running ON tasks(owner) WHERE status = 1;"
+    "CREATE TABLE task_logs ("
+    " seq INTEGER PRIMARY KEY, task_seq INTEGER NOT NULL REFERENCES tasks(seq),"
+    " attempt INTEGER, time REAL, level TEXT, message TEXT, extras TEXT);"
+    "CREATE INDEX task_logs_task ON task_logs(task_seq);"
+    "PRAGMA user_version = 1;";
+
+// Version, table count and how many of our tables exist, in one read.
+static const char version_sql[] = "SELECT (SELECT user_version FROM pragma_user_version),"
+                                  " (SELECT count(*) FROM sqlite_master WHERE type = 'table'),"
+                                  " (SELECT count(*) FROM sqlite_master WHERE type = 'table'"
+                                  "  AND name IN ('tasks', 'task_logs'))";
+
+// Column order shared by every statement that fills an mt_task (fill_task).
+#define TASK_COLS                                                                 \
+    "seq, id, task, status, attempts, retry_base, payload, encrypted_payload, "   \
+    "created_at, run_at, started_at, finished_at, error, traceback, owner, "      \
+    "retries, delay, backoff, max_delay, jitter, timeout, requeue_on_interrupt, " \
+    "redact"
+enum {
+    C_SEQ,
+    C_ID,
+    C_TASK,
+    C_STATUS,
+    C_ATTEMPTS,
+    C_RETRY_BASE,
+    C_PAYLOAD,
+    C_TOKEN,
+    C_CREATED,
+    C_RUN_AT,
+    C_STARTED,
+    C_FINISHED,
+    C_ERROR,
+    C_TRACEBACK,
+    C_OWNER,
+    C_RETRIES,
+    C_DELAY,
+    C_BACKOFF,
+    C_MAX_DELAY,
+    C_JITTER,
+    C_TIMEOUT,
+    C_REQUEUE,
+    C_REDACT
+};
+
+enum {
+    S_BEGIN,
+    S_COMMIT,
+    S_ROLLBACK,
+    S_INSERT,
+    S_CLAIM,
+    S_FINISH,
+    S_FIND,
+    S_LOG_ADD,
+    S_GET,
+    S_LIST,
+    S_LIST_STATUS,
+    S_LOGS,
+    S_RETRY,
+    S_OWNERS,
+    S_REQUEUE,
+    S_INTERRUPT,
+    S_COUNTS,
+    S_NEXT,
+    S_COUNT_ENC,
+    S_REWRITE_GET,
+    S_REWRITE_SET,
+    NSTMT
+};
+
+static const char *const stmt_sql[NSTMT] = {
+    [S_BEGIN] = "BEGIN IMMEDIATE",
+    [S_COMMIT] = "COMMIT",
+    [S_ROLLBACK] = "ROLLBACK",
+    [S_INSERT] = "INSERT INTO tasks (id, task, status, payload, encrypted_payload, created_at,"
+                 " run_at, retries, delay, backoff, max_delay, jitter, timeout,"
+                 " requeue_on_interrupt, redact)"
+                 " VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+    // INDEXED BY turns "claim never scans" from a planner choice into an
+    // error at prepare time. The subquery walks tasks_due in order, but
+    // RETURNING order is unspecified, so claim sorts the rows itself.
+    [S_CLAIM] = "UPDATE tasks SET status = 1, attempts = attempts + 1, started_at = ?1,"
+                " owner = ?2 WHERE seq IN (SELECT seq FROM tasks INDEXED BY tasks_due"
+                " WHERE status = 0 AND run_at <= ?3 ORDER BY run_at, seq LIMIT ?4)"
+                " RETURNING " TASK_COLS,
+    [S_FINISH] = "UPDATE tasks SET status = ?2, finished_at = ?3, run_at = coalesce(?4, run_at),"
+                 " error = ?5, traceback = ?6 WHERE id = ?1 AND status = 1",
+    [S_FIND] = "SELECT seq, status FROM tasks WHERE id = ?1",
+    [S_LOG_ADD] = "INSERT INTO task_logs (task_seq, attempt, time, level, message, extras)"
+                  " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [S_GET] = "SELECT " TASK_COLS " FROM tasks WHERE id = ?1",
+    [S_LIST] = "SELECT " TASK_COLS " FROM tasks WHERE (?2 IS NULL OR task = ?2)"
+               " ORDER BY seq LIMIT ?3",
+    [S_LIST_STATUS] = "SELECT " TASK_COLS " FROM tasks WHERE status = ?1"
+                      " AND (?2 IS NULL OR task = ?2) ORDER BY seq LIMIT ?3",
+    [S_LOGS] = "SELECT attempt, time, level, message, extras FROM task_logs"
+               " WHERE task_seq = ?1 ORDER BY seq",
+    [S_RETRY] = "UPDATE tasks SET status = 0, run_at = ?2, retry_base = attempts,"
+                " finished_at = NULL WHERE id = ?1 AND status IN (3, 4)",
+    [S_OWNERS] = "SELECT DISTINCT owner FROM tasks INDEXED BY tasks_running WHERE status = 1",
+    [S_REQUEUE] = "UPDATE tasks INDEXED BY tasks_running SET status = 0, run_at = ?2,"
+                  " error = ?3, traceback = NULL"
+                  " WHERE status = 1 AND owner IS ?1 AND requeue_on_interrupt",
+    [S_INTERRUPT] = "UPDATE tasks INDEXED BY tasks_running SET status = 4, finished_at = ?2,"
+                    " error = ?3, traceback = NULL WHERE status = 1 AND owner IS ?1",
+    [S_COUNTS] = "SELECT status, count(*) FROM tasks GROUP BY status",
+    [S_NEXT] = "SELECT min(run_at) FROM tasks INDEXED BY tasks_due WHERE status = 0",
+    [S_COUNT_ENC] = "SELECT count(*) FROM tasks WHERE status <> 2"
+                    " AND encrypted_payload IS NOT NULL",
+    [S_REWRITE_GET] = "SELECT " TASK_COLS " FROM tasks WHERE seq > ?1"
+                      " AND status IN (0, 3, 4) ORDER BY seq LIMIT ?2",
+    [S_REWRITE_SET] = "UPDATE tasks SET encrypted_payload = ?2, payload = NULL WHERE seq = ?1",
+};
+
+struct mt_store {
+    sqlite3 *db;
+    char *path;
+    int busy_ms;
+    bool readonly;
+    sqlite3_stmt *stmt[NSTMT];
+};
+
+static const char *const status_names[MT_NSTATUS] = {
+    "PENDING", "RUNNING", "SUCCESS", "FAILED", "INTERRUPTED",
+};
+
+const char *mt_status_name(int status)
+{
+    return status >= 0 && status < MT_NSTATUS ? status_names[status] : "UNKNOWN";
+}
+
+int mt_status_parse(const char *name)
+{
+    for (int i = 0; name != NULL && i < MT_NSTATUS; i++) {
+        const char *a = name, *b = status_names[i];
+        while (*a != 0 && toupper((unsigned char)*a) == *b) {
+            a++;
+            b++;
+        }
+        if (*a == 0 && *b == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+void mt_task_clear(mt_task *t)
+{
+    // The payload may be plaintext arguments; don't leave it in freed memory.
+    mt_wipe(t->payload, t->payload_len);
+    free(t->payload);
+    free(t->task);
+    free(t->token);
+    free(t->error);
+    free(t->traceback);
+    free(t->owner);
+    memset(t, 0, sizeof *t);
+}
+
+// Turns a failed SQLite call into an MT code and a message naming the file.
+// Reads sqlite3_errmsg first, since the next call on the connection
+// replaces it.
+static int db_err(const mt_store *st, int rc, const char *what, mt_err *err)
+{
+    const char *msg = sqlite3_errmsg(st->db);
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return mt_err_set(err, MT_EBUSY,
+                          "database %s is locked by another process (waited %d ms); "
+                          "try again or raise busy_timeout",
+                          st->path, st->busy_ms);
+    case SQLITE_READONLY:
+        if (st->readonly) {
+            return mt_err_set(err, MT_EREADONLY, "cannot %s: database %s was opened read-only",
+                              what, st->path);
+        }
+        return mt_err_set(err, MT_EREADONLY,
+                          "cannot write to database %s: %s; check the file and folder "
+                          "permissions",
+                          st->path, msg);
+    case SQLITE_NOTADB:
+    case SQLITE_CORRUPT:
+        return mt_err_set(err, MT_ECORRUPT,
+                          "cannot %s: database %s is damaged (%s); restore it from a backup", what,
+                          st->path, msg);
+    case SQLITE_NOMEM:
+        return mt_err_set(err, MT_ENOMEM, "out of memory trying to %s on database %s", what,
+                          st->path);
+    case SQLITE_CONSTRAINT:
+        return mt_err_set(err, MT_EINVAL, "cannot %s in database %s: %s", what, st->path, msg);
+    case SQLITE_FULL:
+        return mt_err_set(err, MT_EIO, "cannot %s: database %s: %s; free some disk space", what,
+                          st->path, msg);
+    default:
+        return mt_err_set(err, MT_EIO, "cannot %s: database %s: %s", what, st->path, msg);
+    }
+}
+
+// Steps a statement that returns no rows and resets it.
+static int run(mt_store *st, sqlite3_stmt *s, const char *what, mt_err *err)
+{
+    int rc = sqlite3_step(s);
+    int ret = rc == SQLITE_DONE ? MT_OK : db_err(st, rc, what, err);
+    sqlite3_reset(s);  // repeats the step's error, already reported
+    return ret;
+}
+
+static int begin(mt_store *st, const char *what, mt_err *err)
+{
+    return run(st, st->stmt[S_BEGIN], what, err);
+}
+
+static int commit(mt_store *st, const char *what, mt_err *err)
+{
+    return run(st, st->stmt[S_COMMIT], what, err);
+}
+
+// Undoes a failed transaction. SQLite may already have rolled back (after
+// SQLITE_FULL, NOMEM, ...), and a failing ROLLBACK has nothing left to undo,
+// so its result only matters to SQLite, not to the caller's error.
+static void rollback(mt_store *st)
+{
+    if (!sqlite3_get_autocommit(st->db)) {
+        sqlite3_step(st->stmt[S_ROLLBACK]);
+        sqlite3_reset(st->stmt[S_ROLLBACK]);
+    }
+}
+
+static int bind_err(mt_store *st, const char *what, mt_err *err)
+{
+    return db_err(st, sqlite3_errcode(st->db), what, err);
+}
+
+// Copies a text column; NULL stays NULL.
+static int col_dup(sqlite3_stmt *s, int i, char **out)
+{
+    *out = NULL;
+    if (sqlite3_column_type(s, i) == SQLITE_NULL) {
+        return MT_OK;
+    }
+    const unsigned char *v = sqlite3_column_text(s, i);
+    size_t n = (size_t)sqlite3_column_bytes(s, i);
+    char *c = v != NULL ? malloc(n + 1) : NULL;
+    if (c == NULL) {
+        return MT_ENOMEM;
+    }
+    memcpy(c, v, n);
+    c[n] = 0;
+    *out = c;
+    return MT_OK;
+}
+
+// Copies a blob column. An empty blob still yields a non-NULL pointer, so
+// that a task with a zero-byte payload is told apart from a token task.
+static int col_blob(sqlite3_stmt *s, int i, uint8_t **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    if (sqlite3_column_type(s, i) == SQLITE_NULL) {
+        return MT_OK;
+    }
+    const void *v = sqlite3_column_blob(s, i);
+    size_t n = (size_t)sqlite3_column_bytes(s, i);
+    uint8_t *c = malloc(n > 0 ? n : 1);
+    if (c == NULL || (v == NULL && n > 0)) {
+        free(c);
+        return MT_ENOMEM;
+    }
+    if (n > 0) {
+        memcpy(c, v, n);
+    }
+    *out = c;
+    *len = n;
+    return MT_OK;
+}
+
+static double col_dbl(sqlite3_stmt *s, int i, double dflt)
+{
+    return sqlite3_column_type(s, i) == SQLITE_NULL ? dflt : sqlite3_column_double(s, i);
+}
+
+// Fills t (overwritten, caller clears) from a row in TASK_COLS order.
+static int fill_task(sqlite3_stmt *s, mt_task *t)
+{
+    memset(t, 0, sizeof *t);
+    const unsigned char *id = sqlite3_column_text(s, C_ID);
+    if (id != NULL) {
+        strncpy(t->id, (const char *)id, sizeof t->id - 1);
+    }
+    t->status = sqlite3_column_int(s, C_STATUS);
+    t->attempts = sqlite3_column_int(s, C_ATTEMPTS);
+    t->retry_base = sqlite3_column_int(s, C_RETRY_BASE);
+    t->created_at = sqlite3_column_double(s, C_CREATED);
+    t->run_at = sqlite3_column_double(s, C_RUN_AT);
+    t->started_at = sqlite3_column_double(s, C_STARTED);
+    t->finished_at = sqlite3_column_double(s, C_FINISHED);
+    mt_policy d = mt_policy_default();
+    mt_policy *p = &t->policy;
+    p->retries = (int)col_dbl(s, C_RETRIES, d.retries);
+    p->delay = col_dbl(s, C_DELAY, d.delay);
+    p->backoff = col_dbl(s, C_BACKOFF, d.backoff);
+    p->max_delay = col_dbl(s, C_MAX_DELAY, d.max_delay);
+    p->jitter = col_dbl(s, C_JITTER, d.jitter);
+    p->timeout = col_dbl(s, C_TIMEOUT, d.timeout);
+    p->requeue_on_interrupt = col_dbl(s, C_REQUEUE, d.requeue_on_interrupt) != 0;
+    p->redact = col_dbl(s, C_REDACT, d.redact) != 0;
+    int ret = col_dup(s, C_TASK, &t->task);
+    if (ret == MT_OK) {
+        ret = col_blob(s, C_PAYLOAD, &t->payload, &t->payload_len);
+    }
+    if (ret == MT_OK) {
+        ret = col_dup(s, C_TOKEN, &t->token);
+    }
+    if (ret == MT_OK) {
+        ret = col_dup(s, C_ERROR, &t->error);
+    }
+    if (ret == MT_OK) {
+        ret = col_dup(s, C_TRACEBACK, &t->traceback);
+    }
+    if (ret == MT_OK) {
+        ret = col_dup(s, C_OWNER, &t->owner);
+    }
+    if (ret != MT_OK) {
+        mt_task_clear(t);
+    }
+    return ret;
+}
+
+// Runs a one-row query (PRAGMA or SELECT) used only at open or rarely, and
+// returns its first ncol integer columns.
+static int query_ints(mt_store *st, const char *sql, int *out, int ncol, const char *what,
+                      mt_err *err)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = sqlite3_prepare_v2(st->db, sql, -1, &s, NULL);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(s);
+    }
+    int ret = MT_OK;
+    if (rc == SQLITE_ROW) {
+        for (int i = 0; i < ncol; i++) {
+            out[i] = sqlite3_column_int(s, i);
+        }
+    } else {
+        ret = db_err(st, rc, what, err);
+    }
+    sqlite3_finalize(s);
+    return ret;
+}
+
+static int exec(mt_store *st, const char *sql, const char *what, mt_err *err)
+{
+    int rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? MT_OK : db_err(st, rc, what, err);
+}
+
+// Creates the schema unless another process did so since we looked.
+static int create_schema(mt_store *st, mt_err *err)
+{
+    int ret = exec(st, "BEGIN IMMEDIATE", "create the schema", err);
+    int v[3] = {0};
+    if (ret == MT_OK) {
+        ret = query_ints(st, version_sql, v, 3, "read the schema version", err);
+    }
+    if (ret == MT_OK && v[0] == 0 && v[1] == 0) {
+        ret = exec(st, schema_sql, "create the schema", err);
+    }
+    if (ret == MT_OK) {
+        ret = exec(st, "COMMIT", "create the schema", err);
+    }
+    if (ret != MT_OK && !sqlite3_get_autocommit(st->db)) {
+        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);  // nothing else to undo
+    }
+    return ret;
+}
+
+// Accepts an empty file (creating the schema unless read-only) or a file
+// holding exactly our schema version; anything else is someone else's.
+static int check_schema(mt_store *st, mt_err *err)
+{
+    int v[3] = {0};
+    int ret = query_ints(st, version_sql, v, 3, "read the schema version", err);
+    if (ret == MT_OK && v[0] == 0 && v[1] == 0 && !st->readonly) {
+        ret = create_schema(st, err);
+        if (ret == MT_OK) {
+            ret = query_ints(st, version_sql, v, 3, "read the schema version", err);
+        }
+    }
+    if (ret != MT_OK || (v[0] == SCHEMA_VERSION && v[2] == 2)) {
+        return ret;
+    }
+    const char *hint = v[0] > SCHEMA_VERSION ? "it was written by a newer moontask; upgrade "
+                                               "moontask or point it at another file"
+                       : v[1] == 0           ? "it is empty; open it once without read-only "
+                                               "mode to create the schema"
+                                             : "it holds other data; point moontask at another "
+                                               "file";
+    return mt_err_set(err, MT_ECORRUPT, "%s is not a moontask database (schema version %d); %s",
+                      st->path, v[0], hint);
+}
+
+// Connection settings, then the schema. The first read of a file that is
+// not SQLite at all fails here with SQLITE_NOTADB.
+static int configure(mt_store *st, const mt_store_opts *opts, mt_err *err)
+{
+    int rc = sqlite3_extended_result_codes(st->db, 1);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_busy_timeout(st->db, st->busy_ms);
+    }
+    if (rc != SQLITE_OK) {
+        return db_err(st, rc, "configure the connection", err);
+    }
+    int ret = MT_OK;
+    if (!st->readonly) {
+        // In-memory databases answer "memory"; either way the mode is fine.
+        ret = exec(st, "PRAGMA journal_mode = WAL", "switch to WAL mode", err);
+    }
+    if (ret == MT_OK) {
+        const char *sync =
+            opts->full_durability ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL";
+        ret = exec(st, sync, "set the durability level", err);
+    }
+    if (ret == MT_OK) {
+        ret = check_schema(st, err);
+    }
+    if (ret == MT_ECORRUPT && (sqlite3_errcode(st->db) & 0xff) == SQLITE_NOTADB) {
+        ret = mt_err_set(err, MT_ECORRUPT,
+                         "%s is not a moontask database (not a SQLite file: %s); point "
+                         "moontask at another file or move this one away",
+                         st->path, sqlite3_errmsg(st->db));
+    }
+    return ret;
+}
+
+static int prepare_all(mt_store *st, mt_err *err)
+{
+    for (int i = 0; i < NSTMT; i++) {
+        int rc = sqlite3_prepare_v3(st->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
+                                    &st->stmt[i], NULL);
+        if (rc != SQLITE_OK) {
+            return db_err(st, rc, "prepare statements", err);
+        }
+    }
+    return MT_OK;
+}
+
+int mt_store_open(mt_store **out, const char *path, const mt_store_opts *opts, mt_err *err)
+{
+    *out = NULL;
+    if (path == NULL) {
+        return mt_err_set(err, MT_EINVAL, "no database path given");
+    }
+    mt_store_opts dflt = {0};
+    if (opts == NULL) {
+        opts = &dflt;
+    }
+    mt_store *st = calloc(1, sizeof *st);
+    size_t plen = strlen(path);
+    char *p = malloc(plen + 1);
+    if (st == NULL || p == NULL) {
+        free(st);
+        free(p);
+        return mt_err_set(err, MT_ENOMEM, "out of memory opening database %s", path);
+    }
+    memcpy(p, path, plen + 1);
+    st->path = p;
+    st->readonly = opts->readonly;
+    st->busy_ms = opts->busy_timeout_ms > 0 ? opts->busy_timeout_ms : DEFAULT_BUSY_MS;
+    // One mt_store is used by one thread at a time, so SQLite's own
+    // per-connection mutex is pure overhead.
+    int flags = SQLITE_OPEN_NOMUTEX |
+                (st->readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE);
+    int rc = sqlite3_open_v2(path, &st->db, flags, NULL);
+    int ret = MT_OK;
+    if (st->db == NULL) {
+        ret = mt_err_set(err, MT_ENOMEM, "out of memory opening database %s", path);
+    } else if (rc != SQLITE_OK) {
+        const char *hint = st->readonly ? "check that the file exists and is readable"
+                                        : "check that the folder exists and is writable";
+        ret = mt_err_set(err, (rc & 0xff) == SQLITE_NOMEM ? MT_ENOMEM : MT_EIO,
+                         "cannot open database %s: %s; %s", path, sqlite3_errmsg(st->db), hint);
+    } else {
+        ret = configure(st, opts, err);
+    }
+    if (ret == MT_OK) {
+        ret = prepare_all(st, err);
+    }
+    if (ret != MT_OK) {
+        mt_store_close(st);
+        return ret;
+    }
+    *out = st;
+    return MT_OK;
+}
+
+void mt_store_close(mt_store *st)
+{
+    if (st == NULL) {
+        return;
+    }
+    for (int i = 0; i < NSTMT; i++) {
+        sqlite3_finalize(st->stmt[i]);
+    }
+    // All statements are finalised, so close cannot report SQLITE_BUSY; an
+    // I/O error at this point has no one left to tell.
+    sqlite3_close(st->db);
+    free(st->path);
+    free(st);
+}
+
+// Binds one new task to S_INSERT. The caller's buffers are borrowed for the
+// whole call and every parameter is rebound per row, so SQLITE_STATIC is
+// safe and saves a copy per column on the insert path.
+static bool bind_new(sqlite3_stmt *s, const mt_task_new *t)
+{
+    const mt_policy *p = &t->policy;
+    return sqlite3_bind_text(s, 1, t->id, -1, SQLITE_STATIC) == SQLITE_OK &&
+           sqlite3_bind_text(s, 2, t->task, -1, SQLITE_STATIC) == SQLITE_OK &&
+           sqlite3_bind_blob64(s, 3, t->payload, t->payload_len, SQLITE_STATIC) == SQLITE_OK &&
+           sqlite3_bind_text(s, 4, t->token, -1, SQLITE_STATIC) == SQLITE_OK &&
+           sqlite3_bind_double(s, 5, t->created_at) == SQLITE_OK &&
+           sqlite3_bind_double(s, 6, t->run_at) == SQLITE_OK &&
+           sqlite3_bind_int(s, 7, p->retries) == SQLITE_OK &&
+           sqlite3_bind_double(s, 8, p->delay) == SQLITE_OK &&
+           sqlite3_bind_double(s, 9, p->backoff) == SQLITE_OK &&
+           sqlite3_bind_double(s, 10, p->max_delay) == SQLITE_OK &&
+           sqlite3_bind_double(s, 11, p->jitter) == SQLITE_OK &&
+           sqlite3_bind_double(s, 12, p->timeout) == SQLITE_OK &&
+           sqlite3_bind_int(s, 13, p->requeue_on_interrupt) == SQLITE_OK &&
+           sqlite3_bind_int(s, 14, p->redact) == SQLITE_OK;
+}
+
+static int check_new(const mt_task_new *t, mt_err *err)
+{
+    size_t idlen = t->id != NULL ? strlen(t->id) : 0;
+    if (idlen == 0 || idlen > 36) {
+        return mt_err_set(err, MT_EINVAL, "task id must be 1 to 36 characters");
+    }
+    if (t->task == NULL || t->task[0] == 0) {
+        return mt_err_set(err, MT_EINVAL, "task %s has no task name", t->id);
+    }
+    if ((t->payload == NULL) == (t->token == NULL)) {
+        return mt_err_set(err, MT_EINVAL, "task %s must have exactly one of payload and token",
+                          t->id);
+    }
+    return MT_OK;
+}
+
+// Inserts one row; a constraint failure is almost always a duplicate id,
+// so the message names the task.
+static int insert_one(mt_store *st, const mt_task_new *t, mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[S_INSERT];
+    if (!bind_new(s, t)) {
+        return bind_err(st, "insert tasks", err);
+    }
+    int rc = sqlite3_step(s);
+    int ret = MT_OK;
+    if ((rc & 0xff) == SQLITE_CONSTRAINT) {
+        ret = mt_err_set(err, MT_EINVAL, "cannot insert task %s into %s: %s", t->id, st->path,
+                         sqlite3_errmsg(st->db));
+    } else if (rc != SQLITE_DONE) {
+        ret = db_err(st, rc, "insert tasks", err);
+    }
+    sqlite3_reset(s);  // repeats the step's error, already reported
+    return ret;
+}
+
+int mt_store_insert(mt_store *st, const mt_task_new *tasks, size_t n, mt_err *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        int ret = check_new(&tasks[i], err);
+        if (ret != MT_OK) {
+            return ret;
+        }
+    }
+    if (n == 0) {
+        return MT_OK;
+    }
+    int ret = begin(st, "insert tasks", err);
+    for (size_t i = 0; ret == MT_OK && i < n; i++) {
+        ret = insert_one(st, &tasks[i], err);
+    }
+    if (ret == MT_OK) {
+        ret = commit(st, "insert tasks", err);
+    }
+    if (ret != MT_OK) {
+        rollback(st);
+    }
+    return ret;
+}
+
+// A claimed row with its sort key; RETURNING hands rows back in no
+// particular order.
+typedef struct claimed {
+    double run_at;
+    int64_t seq;
+    mt_task t;
+} claimed;
+
+static int claimed_cmp(const void *pa, const void *pb)
+{
+    const claimed *a = pa, *b = pb;
+    if (a->run_at != b->run_at) {
+        return a->run_at < b->run_at ? -1 : 1;
+    }
+    return (a->seq > b->seq) - (a->seq < b->seq);
+}
+
+// Steps the claim UPDATE ... RETURNING into c; *got rows are filled even on
+// failure, for the caller to clear.
+static int claim_rows(mt_store *st, double now, const char *owner, claimed *c, size_t max,
+                      size_t *got, mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[S_CLAIM];
+    sqlite3_int64 limit = max > INT64_MAX ? INT64_MAX : (sqlite3_int64)max;
+    if (sqlite3_bind_double(s, 1, now) != SQLITE_OK ||
+        sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_double(s, 3, now) != SQLITE_OK ||
+        sqlite3_bind_int64(s, 4, limit) != SQLITE_OK) {
+        return bind_err(st, "claim tasks", err);
+    }
+    int ret = MT_OK;
+    int rc = SQLITE_DONE;
+    while (*got < max && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        claimed *r = &c[*got];
+        r->run_at = sqlite3_column_double(s, C_RUN_AT);
+        r->seq = sqlite3_column_int64(s, C_SEQ);
+        if (fill_task(s, &r->t) != MT_OK) {
+            ret = mt_err_set(err, MT_ENOMEM, "out of memory claiming tasks from %s", st->path);
+            break;
+        }
+        (*got)++;
+    }
+    if (ret == MT_OK && *got < max && rc != SQLITE_DONE) {
+        ret = db_err(st, rc, "claim tasks", err);
+    }
+    sqlite3_reset(s);
+    return ret;
+}
+
+int mt_store_claim(mt_store *st, double now, const char *owner, mt_task *rows, size_t max,
+                   size_t *n, mt_err *err)
+{
+    *n = 0;
+    if (owner == NULL || (rows == NULL && max > 0)) {
+        return mt_err_set(err, MT_EINVAL, "claim needs an owner and a row array");
+    }
+    if (max == 0) {
+        return MT_OK;
+    }
+    claimed *c = max <= SIZE_MAX / sizeof *c ? malloc(max * sizeof *c) : NULL;
+    if (c == NULL) {
+        return mt_err_set(err, MT_ENOMEM, "out of memory claiming %zu tasks", max);
+    }
+    size_t got = 0;
+    int ret = begin(st, "claim tasks", err);
+    if (ret == MT_OK) {
+        ret = claim_rows(st, now, owner, c, max, &got, err);
+    }
+    if (ret == MT_OK) {
+        ret = commit(st, "claim tasks", err);
+    }
+    if (ret != MT_OK) {
+        rollback(st);
+        for (size_t i = 0; i < got; i++) {
+            mt_task_clear(&c[i].t);
+        }
+        got = 0;
+    }
+    qsort(c, got, sizeof *c, claimed_cmp);
+    for (size_t i = 0; i < got; i++) {
+        rows[i] = c[i].t;
+    }
+    *n = got;
+    free(c);
+    return ret;
+}
+
+// Looks a task up by id; *found says whether it exists (no error if not).
+static int find_task(mt_store *st, const char *id, int64_t *seq, int *status, bool *found,
+                     mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[S_FIND];
+    *found = false;
+    if (sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
+        return bind_err(st, "look up a task", err);
+    }
+    int rc = sqlite3_step(s);
+    int ret = MT_OK;
+    if (rc == SQLITE_ROW) {
+        *found = true;
+        *seq = sqlite3_column_int64(s, 0);
+        *status = sqlite3_column_int(s, 1);
+    } else if (rc != SQLITE_DONE) {
+        ret = db_err(st, rc, "look up a task", err);
+    }
+    sqlite3_reset(s);
+    return ret;
+}
+
+static int insert_logs(mt_store *st, int64_t seq, const mt_log_entry *logs, size_t n, mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[S_LOG_ADD];
+    int ret = MT_OK;
+    for (size_t i = 0; ret == MT_OK && i < n; i++) {
+        const mt_log_entry *l = &logs[i];
+        if (sqlite3_bind_int64(s, 1, seq) != SQLITE_OK ||
+            sqlite3_bind_int(s, 2, l->attempt) != SQLITE_OK ||
+            sqlite3_bind_double(s, 3, l->time) != SQLITE_OK ||
+            sqlite3_bind_text(s, 4, l->level, -1, SQLITE_STATIC) != SQLITE_OK ||
+            sqlite3_bind_text(s, 5, l->message, -1, SQLITE_STATIC) != SQLITE_OK ||
+            sqlite3_bind_text(s, 6, l->extras_json, -1, SQLITE_STATIC) != SQLITE_OK) {
+            ret = bind_err(st, "store task logs", err);
+        } else {
+            ret = run(st, s, "store task logs", err);
+        }
+    }
+    return ret;
+}
+
+static int finish_one(mt_store *st, const mt_outcome *o, mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[S_FINISH];
+    bool retry = o->status == MT_PENDING;
+    // A retry keeps finished_at NULL and moves run_at; a final status stamps
+    // finished_at and leaves run_at (NULL in ?4 keeps the column).
+    int rc = sqlite3_bind_text(s, 1, o->id, -1, SQLITE_STATIC);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int(s, 2, o->status);
+    }
+    if (rc == SQLITE_OK) {
+        rc = retry ? sqlite3_bind_null(s, 3) : sqlite3_bind_double(s, 3, o->finished_at);
+    }
+    if (rc == SQLITE_OK) {
+        rc = retry ? sqlite3_bind_double(s, 4, o->run_at) : sqlite3_bind_null(s, 4);
+    }
+    if (rc != SQLITE_OK || sqlite3_bind_text(s, 5, o->error, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_text(s, 6, o->traceback, -1, SQLITE_STATIC) != SQLITE_OK) {
+        return bind_err(st, "record task results", err);
+    }
+    int ret = run(st, s, "record task results", err);
+    if (ret != MT_OK || o->nlogs == 0) {
+        return ret;
+    }
+    int64_t seq = 0;
+    int status = 0;
+    bool found = false;
+    ret = find_task(st, o->id, &seq, &status, &found, err);
+    if (ret == MT_OK && found) {  // logs of a task deleted meanwhile have no home
+        ret = insert_logs(st, seq, o->logs, o->nlogs, err);
+    }
+    return ret;
+}
+
+int mt_store_finish(mt_store *st, const mt_outcome *outs, size_t n, mt_err *err)
+{
+    for (size_t i = 0; i < n; i++) {
+        const mt_outcome *o = &outs[i];
+        if (o->id == NULL || o->status < 0 || o->status >= MT_NSTATUS || o->status == MT_RUNNING ||
+            (o->nlogs > 0 && o->logs == NULL)) {
+            return mt_err_set(err, MT_EINVAL, "invalid outcome for task %s",
+                              o->id != NULL ? o->id : "(no id)");
+        }
+    }
+    if (n == 0) {
+        return MT_OK;
+    }
+    int ret = begin(st, "record task results", err);
+    for (size_t i = 0; ret == MT_OK && i < n; i++) {
+        ret = finish_one(st, &outs[i], err);
+    }
+    if (ret == MT_OK) {
+        ret = commit(st, "record task results", err);
+    }
+    if (ret != MT_OK) {
+        rollback(st);
+    }
+    return ret;
+}
+
+int mt_store_add_logs(mt_store *st, const char *id, const mt_log_entry *logs, size_t n, mt_err *err)
+{
+    if (id == NULL || (n > 0 && logs == NULL)) {
+        return mt_err_set(err, MT_EINVAL, "add_logs needs a task id and log entries");
+    }
+    int64_t seq = 0;
+    int status = 0;
+    bool found = false;
+    int ret = begin(st, "store task logs", err);
+    if (ret == MT_OK) {
+        ret = find_task(st, id, &seq, &status, &found, err);
+    }
+    if (ret == MT_OK && !found) {
+        ret = mt_err_set(err, MT_ENOTFOUND, "no task with id %s", id);
+    }
+    if (ret == MT_OK) {
+        ret = insert_logs(st, seq, logs, n, err);
+    }
+    if (ret == MT_OK) {
+        ret = commit(st, "store task logs", err);
+    }
+    if (ret != MT_OK) {
+        rollback(st);
+    }
+    return ret;
+}
+
+int mt_store_get(mt_store *st, const char *id, mt_task *out, mt_err *err)
+{
+    memset(out, 0, sizeof *out);
+    if (id == NULL) {
+        return mt_err_set(err, MT_EINVAL, "no task id given");
+    }
+    sqlite3_stmt *s = st->stmt[S_GET];
+    if (sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
+        return bind_err(st, "read a task", err);
+    }
+    int rc = sqlite3_step(s);
+    int ret = MT_OK;
+    if (rc == SQLITE_ROW) {
+        if (fill_task(s, out) != MT_OK) {
+            ret = mt_err_set(err, MT_ENOMEM, "out of memory reading task %s", id);
+        }
+    } else if (rc == SQLITE_DONE) {
+        ret = mt_err_set(err, MT_ENOTFOUND, "no task with id %s", id);
+    } else {
+        ret = db_err(st, rc, "read a task", err);
+    }
+    sqlite3_reset(s);
+    return ret;
+}
+
+// A callback that calls back into the same walk would reset the statement
+// under our feet; refuse instead.
+static int check_idle(sqlite3_stmt *s, const char *what, mt_err *err)
+{
+    if (sqlite3_stmt_busy(s)) {
+        return mt_err_set(err, MT_ESTATE, "%s called from its own callback", what);
+    }
+    return MT_OK;
+}
+
+static int bind_filter(sqlite3_stmt *s, int status, const char *task, size_t limit)
+{
+    sqlite3_int64 lim = limit == 0 || limit > INT64_MAX ? -1 : (sqlite3_int64)limit;
+    int rc = status >= 0 ? sqlite3_bind_int(s, 1, status) : SQLITE_OK;
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_text(s, 2, task, -1, SQLITE_STATIC);
+    }
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_bind_int64(s, 3, lim);
+    }
+    return rc;
+}
+
+int mt_store_list(mt_store *st, const mt_filter *f, mt_task_cb cb, void *ud, mt_err *err)
+{
+    mt_filter all = {.status = -1, .task = NULL, .limit = 0};
+    if (f == NULL) {
+        f = &all;
+    }
+    if (cb == NULL || f->status < -1 || f->status >= MT_NSTATUS) {
+        return mt_err_set(err, MT_EINVAL, "list needs a callback and a valid status filter");
+    }
+    sqlite3_stmt *s = st->stmt[f->status >= 0 ? S_LIST_STATUS : S_LIST];
+    int ret = check_idle(s, "mt_store_list", err);
+    if (ret != MT_OK) {
+        return ret;
+    }
+    if (bind_filter(s, f->status, f->task, f->limit) != SQLITE_OK) {
+        return bind_err(st, "list tasks", err);
+    }
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        mt_task t;
+        if (fill_task(s, &t) != MT_OK) {
+            ret = mt_err_set(err, MT_ENOMEM, "out of memory listing tasks in %s", st->path);
+            break;
+        }
+        ret = cb(ud, &t);
+        mt_task_clear(&t);
+        if (ret != 0) {
+            break;
+        }
+    }
+    if (ret == MT_OK && rc != SQLITE_DONE) {
+        ret = db_err(st, rc, "list tasks", err);
+    }
+    sqlite3_reset(s);
+    return ret;
+}
+
+int mt_store_logs(mt_store *st, const char *id, mt_log_cb cb, void *ud, mt_err *err)
+{
+    if (id == NULL || cb == NULL) {
+        return mt_err_set(err, MT_EINVAL, "logs needs a task id and a callback");
+    }
+    sqlite3_stmt *s = st->stmt[S_LOGS];
+    int64_t seq = 0;
+    int status = 0;
+    bool found = false;
+    int ret = check_idle(s, "mt_store_logs", err);
+    if (ret == MT_OK) {
+        ret = find_task(st, id, &seq, &status, &found, err);
+    }
+    if (ret == MT_OK && !found) {
+        ret = mt_err_set(err, MT_ENOTFOUND, "no task with id %s", id);
+    }
+    if (ret != MT_OK) {
+        return ret;
+    }
+    if (sqlite3_bind_int64(s, 1, seq) != SQLITE_OK) {
+        return bind_err(st, "read task logs", err);
+    }
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        // Column pointers stay valid until the next step: borrowed as promised.
+        mt_log_row row = {
+            .attempt = sqlite3_column_int(s, 0),
+            .time = sqlite3_column_double(s, 1),
+            .level = (const char *)sqlite3_column_text(s, 2),
+            .message = (const char *)sqlite3_column_text(s, 3),
+            .extras_json = (const char *)sqlite3_column_text(s, 4),
+        };
+        ret = cb(ud, &row);
+        if (ret != 0) {
+            break;
+        }
+    }
+    if (ret == MT_OK && rc != SQLITE_DONE) {
+        ret = db_err(st, rc, "read task logs", err);
+    }
+    sqlite3_reset(s);
+    return ret;
+}
+
+int mt_store_retry(mt_store *st, const char *id, double now, mt_err *err)
+{
+    if (id == NULL) {
+        return mt_err_set(err, MT_EINVAL, "no task id given");
+    }
+    sqlite3_stmt *s = st->stmt[S_RETRY];
+    if (sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC) != SQLITE_OK ||
+        sqlite3_bind_double(s, 2, now) != SQLITE_OK) {
+        return bind_err(st, "retry a task", err);
+    }
+    // The guarded UPDATE is the atomic check; the lookup after it only
+    // explains a refusal.
+    int ret = run(st, s, "retry a task", err);
+    if (ret != MT_OK || sqlite3_changes(st->db) > 0) {
+        return ret;
+    }
+    int64_t seq = 0;
+    int status = 0;
+    bool found = false;
+    ret = find_task(st, id, &seq, &status, &found, err);
+    if (ret != MT_OK) {
+        return ret;
+    }
+    if (!found) {
+        return mt_err_set(err, MT_ENOTFOUND, "no task with id %s", id);
+    }
+    return mt_err_set(err, MT_ESTATE,
+                      "task %s is %s; only FAILED or INTERRUPTED tasks can be retried", id,
+                      mt_status_name(status));
+}
+
+// Requeues or interrupts the RUNNING tasks of one owner (NULL matches rows
+// with no owner). Runs inside the caller's transaction.
+static int stop_owner(mt_store *st, const char *owner, double now, const char *why,
+                      int *interrupted, int *requeued, mt_err *err)
+{
+    static const int order[2] = {S_REQUEUE, S_INTERRUPT};  // requeue first: it is narrower
+    int *counts[2] = {requeued, interrupted};
+    for (int i = 0; i < 2; i++) {
+        sqlite3_stmt *s = st->stmt[order[i]];
+        if (sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC) != SQLITE_OK ||
+            sqlite3_bind_double(s, 2, now) != SQLITE_OK ||
+            sqlite3_bind_text(s, 3, why, -1, SQLITE_STATIC) != SQLITE_OK) {
+            return bind_err(st, "interrupt tasks", err);
+        }
+        int ret = run(st, s, "interrupt tasks", err);
+        if (ret != MT_OK) {
+            return ret;
+        }
+        *counts[i] += sqlite3_changes(st->db);
+    }
+    return MT_OK;
+}
+
+typedef struct owner_entry {
+    char *name;  // NULL for RUNNING rows without an owner
+    bool dead;
+} owner_entry;
+
+// Copies the distinct owners of RUNNING tasks, so that the liveness
+// callback runs with no statement open (it may be slow, or use the store).
+static int running_owners(mt_store *st, owner_entry **out, size_t *n, mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[S_OWNERS];
+    owner_entry *v = NULL;
+    size_t len = 0, cap = 0;
+    int ret = MT_OK;
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        if (len == cap) {
+            cap = cap ? cap * 2 : 8;
+            owner_entry *nv = realloc(v, cap * sizeof *v);
+            if (nv == NULL) {
+                ret = MT_ENOMEM;
+                break;
+            }
+            v = nv;
+        }
+        v[len].dead = false;
+        if (col_dup(s, 0, &v[len].name) != MT_OK) {
+            ret = MT_ENOMEM;
+            break;
+        }
+        len++;
+    }
+    if (ret == MT_ENOMEM) {
+        mt_err_set(err, ret, "out of memory reading engine owners from %s", st->path);
+    } else if (rc != SQLITE_DONE) {
+        ret = db_err(st, rc, "find running tasks", err);
+    }
+    sqlite3_reset(s);
+    *out = v;
+    *n = len;
+    return ret;
+}
+
+int mt_store_recover(mt_store *st, double now, mt_alive_cb alive, void *ud, int *interrupted,
+                     int *requeued, mt_err *err)
+{
+    int ni = 0, nr = 0;
+    if (alive == NULL) {
+        return mt_err_set(err, MT_EINVAL, "recover needs a liveness callback");
+    }
+    owner_entry *owners = NULL;
+    size_t n = 0;
+    int ret = running_owners(st, &owners, &n, err);
+    size_t ndead = 0;
+    for (size_t i = 0; ret == MT_OK && i < n; i++) {
+        // Nothing can be running a task with no owner.
+        owners[i].dead = owners[i].name == NULL || !alive(ud, owners[i].name);
+        ndead += owners[i].dead;
+    }
+    if (ret == MT_OK && ndead > 0) {
+        ret = begin(st, "recover tasks", err);
+        for (size_t i = 0; ret == MT_OK && i < n; i++) {
+            if (owners[i].dead) {
+                ret = stop_owner(st, owners[i].name, now, STOPPED_WHY, &ni, &nr, err);
+            }
+        }
+        if (ret == MT_OK) {
+            ret = commit(st, "recover tasks", err);
+        }
+        if (ret != MT_OK) {
+            rollback(st);
+            ni = nr = 0;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        free(owners[i].name);
+    }
+    free(owners);
+    if (interrupted != NULL) {
+        *interrupted = ni;
+    }
+    if (requeued != NULL) {
+        *requeued = nr;
+    }
+    return ret;
+}
+
+int mt_store_interrupt_owner(mt_store *st, const char *owner, double now, const char *why,
+                             int *interrupted, int *requeued, mt_err *err)
+{
+    int ni = 0, nr = 0;
+    if (owner == NULL) {
+        return mt_err_set(err, MT_EINVAL, "interrupt_owner needs an owner");
+    }
+    int ret = begin(st, "interrupt tasks", err);
+    if (ret == MT_OK) {
+        ret = stop_owner(st, owner, now, why != NULL ? why : STOPPED_WHY, &ni, &nr, err);
+    }
+    if (ret == MT_OK) {
+        ret = commit(st, "interrupt tasks", err);
+    }
+    if (ret != MT_OK) {
+        rollback(st);
+        ni = nr = 0;
+    }
+    if (interrupted != NULL) {
+        *interrupted = ni;
+    }
+    if (requeued != NULL) {
+        *requeued = nr;
+    }
+    return ret;
+}
+
+int mt_store_counts(mt_store *st, int64_t counts[MT_NSTATUS], mt_err *err)
+{
+    for (int i = 0; i < MT_NSTATUS; i++) {
+        counts[i] = 0;
+    }
+    sqlite3_stmt *s = st->stmt[S_COUNTS];
+    int rc;
+    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+        int status = sqlite3_column_int(s, 0);
+        if (status >= 0 && status < MT_NSTATUS) {
+            counts[status] = sqlite3_column_int64(s, 1);
+        }
+    }
+    int ret = rc == SQLITE_DONE ? MT_OK : db_err(st, rc, "count tasks", err);
+    sqlite3_reset(s);
+    return ret;
+}
+
+// Steps a one-row aggregate; *isnull says whether its value is NULL.
+static int aggregate(mt_store *st, int which, sqlite3_int64 *i, double *d, bool *isnull,
+                     const char *what, mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[which];
+    int rc = sqlite3_step(s);
+    int ret = MT_OK;
+    if (rc == SQLITE_ROW) {
+        *isnull = sqlite3_column_type(s, 0) == SQLITE_NULL;
+        *i = sqlite3_column_int64(s, 0);
+        *d = sqlite3_column_double(s, 0);
+    } else {
+        ret = db_err(st, rc, what, err);
+    }
+    sqlite3_reset(s);
+    return ret;
+}
+
+int mt_store_next_run_at(mt_store *st, double *at, bool *any, mt_err *err)
+{
+    sqlite3_int64 i = 0;
+    bool isnull = true;
+    *at = 0;
+    int ret = aggregate(st, S_NEXT, &i, at, &isnull, "find the next due task", err);
+    *any = ret == MT_OK && !isnull;
+    return ret;
+}
+
+int mt_store_count_encrypted(mt_store *st, int64_t *n, mt_err *err)
+{
+    sqlite3_int64 i = 0;
+    double d = 0;
+    bool isnull = true;
+    int ret = aggregate(st, S_COUNT_ENC, &i, &d, &isnull, "count encrypted tasks", err);
+    *n = ret == MT_OK ? i : 0;
+    return ret;
+}
+
+typedef struct rewrite_row {
+    int64_t seq;
+    mt_task t;
+} rewrite_row;
+
+// Reads the next batch of rewritable rows after seq `after`. Batches keep
+// memory bounded and mean no SELECT cursor is open while rows are updated.
+static int rewrite_fetch(mt_store *st, int64_t after, rewrite_row *rows, size_t *n, mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[S_REWRITE_GET];
+    *n = 0;
+    if (sqlite3_bind_int64(s, 1, after) != SQLITE_OK ||
+        sqlite3_bind_int(s, 2, REWRITE_BATCH) != SQLITE_OK) {
+        return bind_err(st, "read tasks to re-encrypt", err);
+    }
+    int ret = MT_OK;
+    int rc = SQLITE_DONE;
+    while (*n < REWRITE_BATCH && (rc = sqlite3_step(s)) == SQLITE_ROW) {
+        rows[*n].seq = sqlite3_column_int64(s, C_SEQ);
+        if (fill_task(s, &rows[*n].t) != MT_OK) {
+            ret = mt_err_set(err, MT_ENOMEM, "out of memory re-encrypting tasks in %s", st->path);
+            break;
+        }
+        (*n)++;
+    }
+    if (ret == MT_OK && *n < REWRITE_BATCH && rc != SQLITE_DONE) {
+        ret = db_err(st, rc, "read tasks to re-encrypt", err);
+    }
+    sqlite3_reset(s);
+    return ret;
+}
+
+static int rewrite_apply(mt_store *st, const rewrite_row *rows, size_t n, mt_rewrite_cb cb,
+                         void *ud, int64_t *count, mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[S_REWRITE_SET];
+    int ret = MT_OK;
+    for (size_t i = 0; ret == MT_OK && i < n; i++) {
+        char *token = NULL;
+        int rc = cb(ud, &rows[i].t, &token);
+        if (rc != MT_OK) {
+            ret = mt_err_set(err, rc, "key rotation stopped at task %s (%s); nothing was changed",
+                             rows[i].t.id, mt_strerror(rc));
+        } else if (token == NULL) {
+            ret = mt_err_set(err, MT_EINVAL, "key rotation got no token for task %s", rows[i].t.id);
+        } else if (sqlite3_bind_int64(s, 1, rows[i].seq) != SQLITE_OK ||
+                   sqlite3_bind_text(s, 2, token, -1, SQLITE_STATIC) != SQLITE_OK) {
+            ret = bind_err(st, "re-encrypt tasks", err);
+        } else {
+            ret = run(st, s, "re-encrypt tasks", err);
+            *count += ret == MT_OK;
+        }
+        free(token);
+    }
+    return ret;
+}
+
+// Rewrites every eligible row inside one transaction; rolls back on error.
+static int rewrite_all(mt_store *st, mt_rewrite_cb cb, void *ud, int64_t *count, mt_err *err)
+{
+    rewrite_row *rows = calloc(REWRITE_BATCH, sizeof *rows);
+    if (rows == NULL) {
+        return mt_err_set(err, MT_ENOMEM, "out of memory re-encrypting tasks in %s", st->path);
+    }
+    int ret = begin(st, "re-encrypt tasks", err);
+    int64_t after = INT64_MIN;
+    while (ret == MT_OK) {
+        size_t n = 0;
+        ret = rewrite_fetch(st, after, rows, &n, err);
+        if (ret == MT_OK && n > 0) {
+            after = rows[n - 1].seq;
+            ret = rewrite_apply(st, rows, n, cb, ud, count, err);
+        }
+        for (size_t i = 0; i < n; i++) {
+            mt_task_clear(&rows[i].t);  // wipes plaintext payloads
+        }
+        if (n < REWRITE_BATCH) {
+            break;
+        }
+    }
+    if (ret == MT_OK) {
+        ret = commit(st, "re-encrypt tasks", err);
+    }
+    if (ret != MT_OK) {
+        rollback(st);
+        *count = 0;
+    }
+    free(rows);
+    return ret;
+}
+
+int mt_store_rewrite_payloads(mt_store *st, mt_rewrite_cb cb, void *ud, int64_t *count, mt_err *err)
+{
+    static const char *const secure_sql[3] = {
+        "PRAGMA secure_delete = OFF", "PRAGMA secure_delete = ON", "PRAGMA secure_delete = FAST"};
+    int64_t done = 0;
+    if (cb == NULL) {
+        return mt_err_set(err, MT_EINVAL, "key rotation needs a callback");
+    }
+    // secure_delete zeroes the pages and cells the old payloads leave behind
+    // in the main file; it is set before BEGIN as SQLite reads it per page.
+    int prior = 0;
+    int ret = query_ints(st, "PRAGMA secure_delete", &prior, 1, "read secure_delete", err);
+    bool restore = false;
+    if (ret == MT_OK) {
+        ret = exec(st, secure_sql[1], "turn on secure_delete", err);
+        restore = ret == MT_OK;
+    }
+    if (ret == MT_OK) {
+        ret = rewrite_all(st, cb, ud, &done, err);
+    }
+    // The WAL still holds old page images (maybe plaintext) until a TRUNCATE
+    // checkpoint copies them home and empties it; a reader that pins them
+    // makes the checkpoint report busy.
+    int busy = 0;
+    if (ret == MT_OK) {
+        ret = query_ints(st, "PRAGMA wal_checkpoint(TRUNCATE)", &busy, 1,
+                         "checkpoint the write-ahead log", err);
+    }
+    if (ret == MT_OK && busy != 0) {
+        ret = mt_err_set(err, MT_EBUSY,
+                         "re-encrypted %lld tasks, but another connection kept old copies in "
+                         "the write-ahead log of %s; run the rotation again with engines stopped",
+                         (long long)done, st->path);
+    }
+    if (restore) {
+        int r = exec(st, secure_sql[prior >= 0 && prior <= 2 ? prior : 1], "restore secure_delete",
+                     ret == MT_OK ? err : NULL);
+        ret = ret == MT_OK ? r : ret;
+    }
+    if (count != NULL) {
+        *count = done;
+    }
+    return ret;
+}
