@@ -6,18 +6,18 @@
  * Knows msgpack's format and jansson; must not know Lua or SQLite.
  */
 // SPDX-License-Identifier: MIT
+#include "argwire.h"
+
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include <jansson.h>
-
-#include "argwire.h"
-
 // One prefix for every structural complaint, so the CLI and the worker say
 // the same thing about the same bytes. The format must be a string literal.
-#define CORRUPT(err, ...) mt_err_set((err), MT_ECORRUPT, "stored arguments are corrupt: " __VA_ARGS__)
+#define CORRUPT(err, ...) \
+    mt_err_set((err), MT_ECORRUPT, "stored arguments are corrupt: " __VA_ARGS__)
 
 static uint64_t get_be(const uint8_t *p, size_t n)
 {
@@ -44,30 +44,60 @@ static bool classify(uint8_t c, mt_wire_item *it, size_t *hdr)
         return true;
     }
     switch (c) {
-    case 0xc0: it->kind = MT_WIRE_NIL; return true;
+    case 0xc0:
+        it->kind = MT_WIRE_NIL;
+        return true;
     case 0xc2:
-    case 0xc3: it->kind = MT_WIRE_BOOL; it->b = c == 0xc3; return true;
+    case 0xc3:
+        it->kind = MT_WIRE_BOOL;
+        it->b = c == 0xc3;
+        return true;
     case 0xc4:
     case 0xc5:
-    case 0xc6: it->kind = MT_WIRE_BIN; *hdr = (size_t)1 << (c - 0xc4); return true;
-    case 0xca: it->kind = MT_WIRE_FLOAT; *hdr = 4; return true;
-    case 0xcb: it->kind = MT_WIRE_FLOAT; *hdr = 8; return true;
+    case 0xc6:
+        it->kind = MT_WIRE_BIN;
+        *hdr = (size_t)1 << (c - 0xc4);
+        return true;
+    case 0xca:
+        it->kind = MT_WIRE_FLOAT;
+        *hdr = 4;
+        return true;
+    case 0xcb:
+        it->kind = MT_WIRE_FLOAT;
+        *hdr = 8;
+        return true;
     case 0xcc:
     case 0xcd:
     case 0xce:
-    case 0xcf: it->kind = MT_WIRE_UINT; *hdr = (size_t)1 << (c - 0xcc); return true;
+    case 0xcf:
+        it->kind = MT_WIRE_UINT;
+        *hdr = (size_t)1 << (c - 0xcc);
+        return true;
     case 0xd0:
     case 0xd1:
     case 0xd2:
-    case 0xd3: it->kind = MT_WIRE_INT; *hdr = (size_t)1 << (c - 0xd0); return true;
+    case 0xd3:
+        it->kind = MT_WIRE_INT;
+        *hdr = (size_t)1 << (c - 0xd0);
+        return true;
     case 0xd9:
     case 0xda:
-    case 0xdb: it->kind = MT_WIRE_STR; *hdr = (size_t)1 << (c - 0xd9); return true;
+    case 0xdb:
+        it->kind = MT_WIRE_STR;
+        *hdr = (size_t)1 << (c - 0xd9);
+        return true;
     case 0xdc:
-    case 0xdd: it->kind = MT_WIRE_ARRAY; *hdr = c == 0xdc ? 2 : 4; return true;
+    case 0xdd:
+        it->kind = MT_WIRE_ARRAY;
+        *hdr = c == 0xdc ? 2 : 4;
+        return true;
     case 0xde:
-    case 0xdf: it->kind = MT_WIRE_MAP; *hdr = c == 0xde ? 2 : 4; return true;
-    default: return false;
+    case 0xdf:
+        it->kind = MT_WIRE_MAP;
+        *hdr = c == 0xde ? 2 : 4;
+        return true;
+    default:
+        return false;
     }
 }
 
@@ -98,7 +128,9 @@ static void decode_header(const uint8_t *q, size_t hdr, mt_wire_item *it)
         // Sign-extend from the stored width (GCC and Clang convert modulo 2^n).
         it->i = hdr == 1 ? (int8_t)v : hdr == 2 ? (int16_t)v : hdr == 4 ? (int32_t)v : (int64_t)v;
         break;
-    default: it->n = (uint32_t)v; break;  // lengths and counts
+    default:
+        it->n = (uint32_t)v;
+        break;  // lengths and counts
     }
 }
 
@@ -141,7 +173,8 @@ int mt_wire_next(const uint8_t *p, size_t len, size_t *off, mt_wire_item *it, mt
                            it->n, rest);
         }
         break;
-    default: break;
+    default:
+        break;
     }
     *off = at + 1 + hdr + body;
     return MT_OK;
@@ -363,11 +396,16 @@ static int key_text(jw *w, const mt_wire_item *k)
     mt_buf *b = &w->scratch;
     mt_buf_reset(b);
     switch (k->kind) {
-    case MT_WIRE_BOOL: return mt_buf_append_str(b, k->b ? "true" : "false");
-    case MT_WIRE_INT: return mt_buf_printf(b, "%lld", (long long)k->i);
-    case MT_WIRE_UINT: return mt_buf_printf(b, "%llu", (unsigned long long)k->u);
-    case MT_WIRE_FLOAT: return mt_buf_printf(b, "%.17g", k->d);
-    default: return put_utf8_fixed(b, k->s, k->n);
+    case MT_WIRE_BOOL:
+        return mt_buf_append_str(b, k->b ? "true" : "false");
+    case MT_WIRE_INT:
+        return mt_buf_printf(b, "%lld", (long long)k->i);
+    case MT_WIRE_UINT:
+        return mt_buf_printf(b, "%llu", (unsigned long long)k->u);
+    case MT_WIRE_FLOAT:
+        return mt_buf_printf(b, "%.17g", k->d);
+    default:
+        return put_utf8_fixed(b, k->s, k->n);
     }
 }
 
@@ -421,14 +459,27 @@ static int j_value(jw *w, json_t **out)
     }
     json_t *v;
     switch (it.kind) {
-    case MT_WIRE_NIL: v = json_null(); break;
-    case MT_WIRE_BOOL: v = json_boolean(it.b); break;
-    case MT_WIRE_INT: v = json_integer(it.i); break;
-    case MT_WIRE_UINT: v = j_real(w, (double)it.u); break;
-    case MT_WIRE_FLOAT: v = j_real(w, it.d); break;
+    case MT_WIRE_NIL:
+        v = json_null();
+        break;
+    case MT_WIRE_BOOL:
+        v = json_boolean(it.b);
+        break;
+    case MT_WIRE_INT:
+        v = json_integer(it.i);
+        break;
+    case MT_WIRE_UINT:
+        v = j_real(w, (double)it.u);
+        break;
+    case MT_WIRE_FLOAT:
+        v = j_real(w, it.d);
+        break;
     case MT_WIRE_STR:
-    case MT_WIRE_BIN: v = j_bytes(w, &it); break;
-    default: return j_container(w, &it, out);
+    case MT_WIRE_BIN:
+        v = j_bytes(w, &it);
+        break;
+    default:
+        return j_container(w, &it, out);
     }
     *out = v;
     return v != NULL ? MT_OK : MT_ENOMEM;
@@ -500,8 +551,7 @@ static int collect(cs *c)
     return rc;
 }
 
-int mt_args_collect_strings(const uint8_t *p, size_t len, size_t min_len, mt_buf *list,
-                            mt_err *err)
+int mt_args_collect_strings(const uint8_t *p, size_t len, size_t min_len, mt_buf *list, mt_err *err)
 {
     int rc = mt_wire_check(p, len, NULL, err);
     if (rc != MT_OK) {

@@ -2,9 +2,9 @@
  * backoff: retry schedule arithmetic; see backoff.h.
  */
 // SPDX-License-Identifier: MIT
-#include <math.h>
-
 #include "backoff.h"
+
+#include <math.h>
 
 mt_policy mt_policy_default(void)
 {

@@ -10,14 +10,14 @@
 
 // Per-task options (defaults in mt_policy_default).
 typedef struct mt_policy {
-    int retries;        // extra attempts after the first failure
-    double delay;       // seconds before the first retry
-    double backoff;     // multiplier for each further retry
-    double max_delay;   // cap on one delay; <= 0 means no cap
-    double jitter;      // fraction in [0, 1]; 0 = exact schedule
-    double timeout;     // seconds; <= 0 means no timeout
+    int retries;       // extra attempts after the first failure
+    double delay;      // seconds before the first retry
+    double backoff;    // multiplier for each further retry
+    double max_delay;  // cap on one delay; <= 0 means no cap
+    double jitter;     // fraction in [0, 1]; 0 = exact schedule
+    double timeout;    // seconds; <= 0 means no timeout
     bool requeue_on_interrupt;
-    bool redact;        // redact secret arguments from logs/errors
+    bool redact;  // redact secret arguments from logs/errors
 } mt_policy;
 
 mt_policy mt_policy_default(void);

@@ -4,12 +4,13 @@
  */
 // SPDX-License-Identifier: MIT
 #define _DEFAULT_SOURCE  // explicit_bzero
+#include "buf.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "buf.h"
 #include "err.h"
 
 void mt_wipe(void *p, size_t n)

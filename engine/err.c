@@ -2,45 +2,69 @@
  * err: status code texts and the mt_err detail message.
  */
 // SPDX-License-Identifier: MIT
+#include "err.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "err.h"
-
 const char *mt_strerror(int code)
 {
     switch (code) {
-    case MT_OK: return "ok";
-    case MT_ENOMEM: return "out of memory";
-    case MT_EIO: return "input/output error";
-    case MT_EBUSY: return "database is locked";
-    case MT_ECORRUPT: return "stored data is corrupt";
-    case MT_EINVAL: return "invalid argument";
-    case MT_ECRYPTO: return "invalid token";
-    case MT_ENOTFOUND: return "not found";
-    case MT_ESTATE: return "not allowed in the current state";
-    case MT_EEXPIRED: return "token expired";
-    case MT_EREADONLY: return "database is read-only";
-    default: return "unknown error";
+    case MT_OK:
+        return "ok";
+    case MT_ENOMEM:
+        return "out of memory";
+    case MT_EIO:
+        return "input/output error";
+    case MT_EBUSY:
+        return "database is locked";
+    case MT_ECORRUPT:
+        return "stored data is corrupt";
+    case MT_EINVAL:
+        return "invalid argument";
+    case MT_ECRYPTO:
+        return "invalid token";
+    case MT_ENOTFOUND:
+        return "not found";
+    case MT_ESTATE:
+        return "not allowed in the current state";
+    case MT_EEXPIRED:
+        return "token expired";
+    case MT_EREADONLY:
+        return "database is read-only";
+    default:
+        return "unknown error";
     }
 }
 
 const char *mt_errname(int code)
 {
     switch (code) {
-    case MT_OK: return "OK";
-    case MT_ENOMEM: return "ENOMEM";
-    case MT_EIO: return "EIO";
-    case MT_EBUSY: return "EBUSY";
-    case MT_ECORRUPT: return "ECORRUPT";
-    case MT_EINVAL: return "EINVAL";
-    case MT_ECRYPTO: return "ECRYPTO";
-    case MT_ENOTFOUND: return "ENOTFOUND";
-    case MT_ESTATE: return "ESTATE";
-    case MT_EEXPIRED: return "EEXPIRED";
-    case MT_EREADONLY: return "EREADONLY";
-    default: return "EUNKNOWN";
+    case MT_OK:
+        return "OK";
+    case MT_ENOMEM:
+        return "ENOMEM";
+    case MT_EIO:
+        return "EIO";
+    case MT_EBUSY:
+        return "EBUSY";
+    case MT_ECORRUPT:
+        return "ECORRUPT";
+    case MT_EINVAL:
+        return "EINVAL";
+    case MT_ECRYPTO:
+        return "ECRYPTO";
+    case MT_ENOTFOUND:
+        return "ENOTFOUND";
+    case MT_ESTATE:
+        return "ESTATE";
+    case MT_EEXPIRED:
+        return "EEXPIRED";
+    case MT_EREADONLY:
+        return "EREADONLY";
+    default:
+        return "EUNKNOWN";
     }
 }
 

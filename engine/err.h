@@ -33,8 +33,7 @@ const char *mt_strerror(int code);
 // Stores a formatted message in err (replacing any earlier one) and returns
 // code, so that failure is one line: `return mt_err_set(err, MT_EIO, ...)`.
 // err may be NULL. Messages must never contain keys, tokens or arguments.
-int mt_err_set(mt_err *err, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
+int mt_err_set(mt_err *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 // The detail message, or mt_strerror(err->code) when there is none.
 const char *mt_err_msg(const mt_err *err);

@@ -32,8 +32,8 @@ int mt_fernet_keygen(char out[45], mt_err *err);
 // Encrypts plain into a token (base64url text, NUL-terminated) appended to
 // *token. now: Unix seconds to embed; iv: 16 bytes, or NULL for random IV
 // from the OS CSPRNG (tests pass a fixed IV).
-int mt_fernet_encrypt(const mt_fernet_key *key, const uint8_t *plain, size_t plain_len,
-                      int64_t now, const uint8_t *iv, mt_buf *token, mt_err *err);
+int mt_fernet_encrypt(const mt_fernet_key *key, const uint8_t *plain, size_t plain_len, int64_t now,
+                      const uint8_t *iv, mt_buf *token, mt_err *err);
 
 // Verifies and decrypts a token. ttl <= 0: no time checks at all. ttl > 0:
 // MT_EEXPIRED when now - timestamp > ttl, MT_ECRYPTO when the timestamp is
@@ -43,8 +43,8 @@ int mt_fernet_encrypt(const mt_fernet_key *key, const uint8_t *plain, size_t pla
 // plaintext is appended to it. why (may be NULL) receives a static string
 // naming the check that rejected the token, for tests only ("base64",
 // "version", "length", "mac", "padding", "expired", "future").
-int mt_fernet_decrypt(const mt_fernet_key *key, const char *token, size_t token_len,
-                      int64_t ttl, int64_t now, mt_buf *plain, const char **why, mt_err *err);
+int mt_fernet_decrypt(const mt_fernet_key *key, const char *token, size_t token_len, int64_t ttl,
+                      int64_t now, mt_buf *plain, const char **why, mt_err *err);
 
 // Fills n bytes from the OS CSPRNG (used for IVs, keys and task ids).
 int mt_random_bytes(uint8_t *p, size_t n);

@@ -4,6 +4,8 @@
  */
 // SPDX-License-Identifier: MIT
 #define _DEFAULT_SOURCE
+#include "ids.h"
+
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -14,7 +16,6 @@
 #include <unistd.h>
 
 #include "buf.h"
-#include "ids.h"
 
 int mt_uuid4(char out[37])
 {

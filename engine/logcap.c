@@ -4,6 +4,8 @@
  */
 // SPDX-License-Identifier: MIT
 #define _DEFAULT_SOURCE
+#include "logcap.h"
+
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -12,8 +14,6 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
-
-#include "logcap.h"
 
 struct mt_sink {
     FILE *file;
@@ -45,10 +45,14 @@ int mt_log_level_parse(const char *name)
 const char *mt_log_level_name(int level)
 {
     switch (level) {
-    case MT_LOG_DEBUG: return "debug";
-    case MT_LOG_WARNING: return "warning";
-    case MT_LOG_ERROR: return "error";
-    default: return "info";
+    case MT_LOG_DEBUG:
+        return "debug";
+    case MT_LOG_WARNING:
+        return "warning";
+    case MT_LOG_ERROR:
+        return "error";
+    default:
+        return "info";
     }
 }
 

@@ -11,6 +11,8 @@
  */
 // SPDX-License-Identifier: MIT
 #define _DEFAULT_SOURCE  // glob
+#include "lua_api.h"
+
 #include <glob.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +22,6 @@
 
 #include "argwire.h"
 #include "fernet.h"
-#include "lua_api.h"
 #include "lua_args.h"
 #include "lua_engine_lua.h"
 #include "lua_host.h"
@@ -80,8 +81,8 @@ static int m_task(lua_State *L)
         mt_policy_from_table(L, 2, lua_tostring(L, -1), NULL, "delay", spec);
         lua_pop(L, 1);
     }
-    mt_engine_push_tasks(L);                       // spec tasks
-    lua_createtable(L, 0, 3);                      // spec tasks entry
+    mt_engine_push_tasks(L);   // spec tasks
+    lua_createtable(L, 0, 3);  // spec tasks entry
     lua_pushvalue(L, fn_idx);
     lua_setfield(L, -2, "fn");
     lua_pushvalue(L, -3);
@@ -157,7 +158,7 @@ static int enqueue_impl(lua_State *L, mt_engine *e, int t)
     lua_pop(L, 2);
     int first = lua_gettop(L) + 1;
     int n = 0;
-    int at = lua_getfield(L, t, "args");           // task args
+    int at = lua_getfield(L, t, "args");  // task args
     if (at == LUA_TTABLE) {
         lua_getfield(L, -1, "n");
         n = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : (int)lua_rawlen(L, -2);
@@ -204,7 +205,7 @@ static int m_log(lua_State *L)
             }
         }
         lua_pop(L, 1);
-        lua_newtable(L);                           // fields msg extras
+        lua_newtable(L);  // fields msg extras
         int x = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, 2) != 0) {
@@ -216,16 +217,16 @@ static int m_log(lua_State *L)
             lua_insert(L, -2);
             lua_rawset(L, x);
         }
-        mt_buf b;
-        mt_buf_init(&b, false);
+        mt_buf *b = mt_lua_push_buf(L, false);
         mt_err err = {0};
-        if (mt_lua_to_json(L, x, &b, &err) == MT_OK) {
-            lua_pushlstring(L, (const char *)b.data, b.len);
+        int rc = mt_lua_to_json(L, x, b, &err);
+        mt_err_clear(&err);
+        if (rc == MT_OK) {
+            lua_pushlstring(L, (const char *)b->data, b->len);
         } else {
             lua_pushliteral(L, "{}");
         }
-        mt_buf_clear(&b);
-        mt_err_clear(&err);
+        mt_buf_clear(b);
         extras = lua_tolstring(L, -1, &elen);
     }
     mt_engine_log(L, level, msg, len, extras, elen);
@@ -324,8 +325,7 @@ static int m_json_decode(lua_State *L)
 static int m_json_encode(lua_State *L)
 {
     luaL_checkany(L, 1);
-    mt_buf *b = lua_newuserdatauv(L, sizeof *b, 0);  // keeps nothing on the C heap past here
-    mt_buf_init(b, false);
+    mt_buf *b = mt_lua_push_buf(L, false);
     mt_err err = {0};
     int rc = mt_lua_to_json(L, 1, b, &err);
     if (rc == MT_OK) {
@@ -406,19 +406,21 @@ static int engine_enqueue(lua_State *L)
     return enqueue_impl(L, check_engine(L, 1), 2);
 }
 
-// e:run_one() -> number of tasks run (0 or 1)
+// e:run_one() / e:run_batch(max) -> number of tasks run, list of their ids
 static int engine_run_batch(lua_State *L, size_t max)
 {
     mt_engine *e = check_engine(L, 1);
     size_t ran = 0;
     mt_err err = {0};
-    if (mt_engine_run_batch(e, max, &ran, &err) != MT_OK) {
+    if (mt_engine_run_batch_lua(e, max, &ran, &err) != MT_OK) {
+        lua_pop(L, 1);
         int r = push_fail(L, &err);
         mt_err_clear(&err);
         return r;
     }
-    lua_pushinteger(L, (lua_Integer)ran);
-    return 1;
+    lua_pushinteger(L, (lua_Integer)ran);  // ids n
+    lua_insert(L, -2);                     // n ids
+    return 2;
 }
 
 static int engine_run_one(lua_State *L)
@@ -505,7 +507,7 @@ int mt_api_luaopen(lua_State *L)
         luaL_setfuncs(L, engine_meta, 0);
         lua_createtable(L, 0, 32);
         luaL_setfuncs(L, engine_methods, 0);
-        mt_api_inspect_methods(L);                 // mt methods
+        mt_api_inspect_methods(L);  // mt methods
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
@@ -517,10 +519,10 @@ int mt_api_luaopen(lua_State *L)
     lua_pushliteral(L, "0.1.0");
     lua_setfield(L, -2, "version");
     // The Lua half of the library extends the table (moontask.open, ...).
-    lua_getglobal(L, "require");                   // M require
+    lua_getglobal(L, "require");  // M require
     lua_pushliteral(L, "moontask.engine");
-    lua_call(L, 1, 1);                             // M ext
+    lua_call(L, 1, 1);  // M ext
     lua_pushvalue(L, -2);
-    lua_call(L, 1, 0);                             // M
+    lua_call(L, 1, 0);  // M
     return 1;
 }

@@ -14,19 +14,21 @@
  * the tree is freed before any error is raised again.
  */
 // SPDX-License-Identifier: MIT
+#include "lua_args.h"
+
+#include <jansson.h>
 #include <limits.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
-#include <jansson.h>
 #include <lauxlib.h>
 #include <lua.h>
 #include <msgpack.h>
 
 #include "argwire.h"
-#include "lua_args.h"
 
 // ---- Encoding: Lua values -> wire bytes ----
 
@@ -38,8 +40,8 @@ typedef struct enc {
     lua_State *L;
     msgpack_packer pk;
     mt_err *err;
-    int argn;     // 1-based argument being encoded, for messages
-    int visited;  // stack index of {table = true} for tables on the current path
+    int argn;                     // 1-based argument being encoded, for messages
+    int visited;                  // stack index of {table = true} for tables on the current path
     int keys[MT_WIRE_MAX_DEPTH];  // stack index of each key on the current path
 } enc;
 
@@ -126,7 +128,9 @@ static void push_path(lua_State *L, const enc *e, int plen)
             }
             luaL_addvalue(&b);
             break;
-        default: luaL_addstring(&b, lua_toboolean(L, k) ? "[true]" : "[false]"); break;
+        default:
+            luaL_addstring(&b, lua_toboolean(L, k) ? "[true]" : "[false]");
+            break;
         }
     }
     luaL_pushresult(&b);
@@ -156,7 +160,7 @@ static int enc_string(enc *e, int idx, int plen)
         return fail(e, plen, "is a string longer than 4 GiB", "", "");
     }
     int r = mt_utf8_valid((const uint8_t *)s, n) ? msgpack_pack_str_with_body(&e->pk, s, n)
-                                                  : msgpack_pack_bin_with_body(&e->pk, s, n);
+                                                 : msgpack_pack_bin_with_body(&e->pk, s, n);
     return r == 0 ? MT_OK : nomem(e);
 }
 
@@ -202,7 +206,8 @@ static int enc_key(enc *e, int idx, int plen)
     lua_State *L = e->L;
     int r;
     switch (lua_type(L, idx)) {
-    case LUA_TSTRING: return enc_string(e, idx, plen);
+    case LUA_TSTRING:
+        return enc_string(e, idx, plen);
     case LUA_TNUMBER:
         r = lua_isinteger(L, idx) ? msgpack_pack_int64(&e->pk, lua_tointeger(L, idx))
                                   : msgpack_pack_double(&e->pk, lua_tonumber(L, idx));
@@ -224,7 +229,7 @@ static int enc_entries(enc *e, int idx, int plen, lua_Unsigned count, bool seq)
             return nomem(e);
         }
         for (lua_Unsigned i = 1; i <= count && rc == MT_OK; i++) {
-            lua_pushinteger(L, (lua_Integer)i);  // key, kept for the error path
+            lua_pushinteger(L, (lua_Integer)i);   // key, kept for the error path
             lua_rawgeti(L, idx, (lua_Integer)i);  // key value
             e->keys[plen] = lua_gettop(L) - 1;
             rc = enc_value(e, lua_gettop(L), plen + 1);
@@ -287,7 +292,9 @@ static int enc_value(enc *e, int idx, int plen)
     lua_State *L = e->L;
     int r;
     switch (lua_type(L, idx)) {
-    case LUA_TNIL: r = msgpack_pack_nil(&e->pk); break;
+    case LUA_TNIL:
+        r = msgpack_pack_nil(&e->pk);
+        break;
     case LUA_TBOOLEAN:
         r = lua_toboolean(L, idx) ? msgpack_pack_true(&e->pk) : msgpack_pack_false(&e->pk);
         break;
@@ -296,9 +303,12 @@ static int enc_value(enc *e, int idx, int plen)
         r = lua_isinteger(L, idx) ? msgpack_pack_int64(&e->pk, lua_tointeger(L, idx))
                                   : msgpack_pack_double(&e->pk, lua_tonumber(L, idx));
         break;
-    case LUA_TSTRING: return enc_string(e, idx, plen);
-    case LUA_TTABLE: return enc_table(e, idx, plen);
-    default: return fail(e, plen, "is a ", luaL_typename(L, idx), "");
+    case LUA_TSTRING:
+        return enc_string(e, idx, plen);
+    case LUA_TTABLE:
+        return enc_table(e, idx, plen);
+    default:
+        return fail(e, plen, "is a ", luaL_typename(L, idx), "");
     }
     return r == 0 ? MT_OK : nomem(e);
 }
@@ -352,14 +362,27 @@ static int dec_value(lua_State *L, const uint8_t *p, size_t len, size_t *off, mt
     }
     bool map = it.kind == MT_WIRE_MAP;
     switch (it.kind) {
-    case MT_WIRE_NIL: lua_pushnil(L); return MT_OK;
-    case MT_WIRE_BOOL: lua_pushboolean(L, it.b); return MT_OK;
-    case MT_WIRE_INT: lua_pushinteger(L, (lua_Integer)it.i); return MT_OK;
-    case MT_WIRE_UINT: lua_pushnumber(L, (lua_Number)it.u); return MT_OK;
-    case MT_WIRE_FLOAT: lua_pushnumber(L, (lua_Number)it.d); return MT_OK;
+    case MT_WIRE_NIL:
+        lua_pushnil(L);
+        return MT_OK;
+    case MT_WIRE_BOOL:
+        lua_pushboolean(L, it.b);
+        return MT_OK;
+    case MT_WIRE_INT:
+        lua_pushinteger(L, (lua_Integer)it.i);
+        return MT_OK;
+    case MT_WIRE_UINT:
+        lua_pushnumber(L, (lua_Number)it.u);
+        return MT_OK;
+    case MT_WIRE_FLOAT:
+        lua_pushnumber(L, (lua_Number)it.d);
+        return MT_OK;
     case MT_WIRE_STR:
-    case MT_WIRE_BIN: lua_pushlstring(L, (const char *)it.s, it.n); return MT_OK;
-    default: break;
+    case MT_WIRE_BIN:
+        lua_pushlstring(L, (const char *)it.s, it.n);
+        return MT_OK;
+    default:
+        break;
     }
     if (!lua_checkstack(L, 4)) {
         return mt_err_set(err, MT_ENOMEM, "out of memory decoding task arguments");
@@ -423,12 +446,24 @@ static void push_json_value(lua_State *L, json_t *v)
 {
     luaL_checkstack(L, 4, "JSON nested too deeply");
     switch (json_typeof(v)) {
-    case JSON_NULL: lua_pushnil(L); break;
-    case JSON_TRUE: lua_pushboolean(L, 1); break;
-    case JSON_FALSE: lua_pushboolean(L, 0); break;
-    case JSON_INTEGER: lua_pushinteger(L, (lua_Integer)json_integer_value(v)); break;
-    case JSON_REAL: lua_pushnumber(L, (lua_Number)json_real_value(v)); break;
-    case JSON_STRING: lua_pushlstring(L, json_string_value(v), json_string_length(v)); break;
+    case JSON_NULL:
+        lua_pushnil(L);
+        break;
+    case JSON_TRUE:
+        lua_pushboolean(L, 1);
+        break;
+    case JSON_FALSE:
+        lua_pushboolean(L, 0);
+        break;
+    case JSON_INTEGER:
+        lua_pushinteger(L, (lua_Integer)json_integer_value(v));
+        break;
+    case JSON_REAL:
+        lua_pushnumber(L, (lua_Number)json_real_value(v));
+        break;
+    case JSON_STRING:
+        lua_pushlstring(L, json_string_value(v), json_string_length(v));
+        break;
     case JSON_ARRAY: {
         size_t n = json_array_size(v);
         lua_createtable(L, n > INT_MAX ? 0 : (int)n, 0);
@@ -470,6 +505,12 @@ int mt_args_push_json(lua_State *L, const char *text, mt_err *err)
     json_error_t jerr;
     json_t *root = json_loads(text, JSON_DECODE_ANY | JSON_ALLOW_NUL, &jerr);
     if (root == NULL) {
+        // jansson quotes the offending input ("near 'tok_...'"); the input may be
+        // a secret argument, so only the position and the kind of error are kept.
+        char *near = strstr(jerr.text, " near ");
+        if (near != NULL) {
+            *near = 0;
+        }
         return mt_err_set(err, MT_EINVAL, "invalid JSON at line %d column %d: %s", jerr.line,
                           jerr.column, jerr.text);
     }
@@ -544,7 +585,9 @@ static void push_utf8(lua_State *L, int idx)
 static void push_key_text(lua_State *L, int idx)
 {
     switch (lua_type(L, idx)) {
-    case LUA_TSTRING: push_utf8(L, idx); return;
+    case LUA_TSTRING:
+        push_utf8(L, idx);
+        return;
     case LUA_TNUMBER:
         if (lua_isinteger(L, idx)) {
             lua_pushfstring(L, "%I", (lua_Integer)lua_tointeger(L, idx));
@@ -552,7 +595,9 @@ static void push_key_text(lua_State *L, int idx)
             lua_pushfstring(L, "%f", (lua_Number)lua_tonumber(L, idx));
         }
         return;
-    case LUA_TBOOLEAN: lua_pushstring(L, lua_toboolean(L, idx) ? "true" : "false"); return;
+    case LUA_TBOOLEAN:
+        lua_pushstring(L, lua_toboolean(L, idx) ? "true" : "false");
+        return;
     default:
         push_tostring(L, idx);
         push_utf8(L, -1);
@@ -666,14 +711,22 @@ static void j_put(lua_State *L, tj *c, json_t *parent, const char *key, size_t k
 {
     json_t *node;
     switch (lua_type(L, idx)) {
-    case LUA_TNIL: node = json_null(); break;
-    case LUA_TBOOLEAN: node = json_boolean(lua_toboolean(L, idx)); break;
-    case LUA_TNUMBER: node = j_number(L, c, idx); break;
+    case LUA_TNIL:
+        node = json_null();
+        break;
+    case LUA_TBOOLEAN:
+        node = json_boolean(lua_toboolean(L, idx));
+        break;
+    case LUA_TNUMBER:
+        node = j_number(L, c, idx);
+        break;
     case LUA_TSTRING:
         push_utf8(L, idx);
         j_put_text(L, c, parent, key, klen);
         return;
-    case LUA_TTABLE: j_table(L, c, parent, key, klen, idx, depth); return;
+    case LUA_TTABLE:
+        j_table(L, c, parent, key, klen, idx, depth);
+        return;
     default:
         push_tostring(L, idx);
         push_utf8(L, -1);

@@ -370,15 +370,15 @@ static mt_policy task_policy(lua_State *L, mt_engine *e, int entry)
 static int encrypt_payload(mt_engine *e, const mt_buf *plain, double now, mt_buf *token,
                            mt_err *err)
 {
-    return mt_fernet_encrypt(&e->keys[0], plain->data, plain->len, (int64_t)floor(now), NULL,
-                             token, err);
+    return mt_fernet_encrypt(&e->keys[0], plain->data, plain->len, (int64_t)floor(now), NULL, token,
+                             err);
 }
 
 int mt_engine_enqueue(lua_State *L, mt_engine *e, const char *task, int first, int n,
                       const mt_enqueue_opts *o, char id[37], mt_err *err)
 {
     first = lua_absindex(L, first);
-    mt_engine_push_tasks(L);                       // tasks
+    mt_engine_push_tasks(L);  // tasks
     bool any = (lua_pushnil(L), lua_next(L, -2) != 0);
     if (any) {
         lua_pop(L, 2);
@@ -441,10 +441,10 @@ static int secbuf_gc(lua_State *L)
 // A secure mt_buf owned by Lua: wiped and freed by __gc, or earlier by
 // mt_buf_clear (which leaves it empty, so the later __gc is harmless).
 // [-0, +1, m]
-static mt_buf *push_secbuf(lua_State *L)
+mt_buf *mt_lua_push_buf(lua_State *L, bool secure)
 {
     mt_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
-    mt_buf_init(b, true);
+    mt_buf_init(b, secure);
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SECBUF_MT) == LUA_TNIL) {
         lua_pop(L, 1);
         lua_createtable(L, 0, 2);
@@ -455,6 +455,11 @@ static mt_buf *push_secbuf(lua_State *L)
     }
     lua_setmetatable(L, -2);
     return b;
+}
+
+static mt_buf *push_secbuf(lua_State *L)
+{
+    return mt_lua_push_buf(L, true);
 }
 
 typedef struct rows_ud {
@@ -510,7 +515,7 @@ void mt_engine_push_args(lua_State *L, mt_engine *e, const mt_task *row)
 {
     const uint8_t *p = row->payload;
     size_t len = row->payload_len;
-    mt_buf *b = push_secbuf(L);                    // secbuf
+    mt_buf *b = push_secbuf(L);  // secbuf
     if (row->token != NULL) {
         if (open_token(e, row->token, b, NULL) != MT_OK) {
             lua_pop(L, 1);
@@ -529,14 +534,14 @@ void mt_engine_push_args(lua_State *L, mt_engine *e, const mt_task *row)
         return;
     }
     mt_buf_clear(b);
-    lua_createtable(L, n, 1);                      // secbuf a1..an t
+    lua_createtable(L, n, 1);  // secbuf a1..an t
     for (int i = n; i >= 1; i--) {
         lua_insert(L, -2);
         lua_rawseti(L, -2, i);
     }
     lua_pushinteger(L, n);
     lua_setfield(L, -2, "n");
-    lua_remove(L, top);                            // t
+    lua_remove(L, top);  // t
 }
 
 // ------------------------------------------------------------- redaction
@@ -551,7 +556,7 @@ typedef struct secrets_ud {
 // ctx.secret_bytes and wiped when the task ends. [-0, +0, m]
 static void collect_secrets(lua_State *L, int ctx, const mt_buf *plain)
 {
-    mt_buf *list = push_secbuf(L);                 // list
+    mt_buf *list = push_secbuf(L);  // list
     if (mt_args_collect_strings(plain->data, plain->len, 6, list, NULL) != MT_OK) {
         lua_pop(L, 1);
         return;
@@ -589,7 +594,7 @@ static void push_redacted(lua_State *L, int ctx, const char *s, size_t len)
         lua_pushlstring(L, s, len);
         return;
     }
-    mt_buf *out = push_secbuf(L);                  // out
+    mt_buf *out = push_secbuf(L);  // out
     if (mt_redact(s, len, sec->spans, sec->n, out) != MT_OK) {
         lua_pop(L, 1);
         lua_pushliteral(L, "[redacted: out of memory]");
@@ -641,12 +646,12 @@ void mt_engine_log(lua_State *L, int level, const char *msg, size_t len, const c
                    size_t elen)
 {
     mt_engine *e = mt_engine_current(L);
-    int ctx = push_ctx(L);                         // [ctx]
+    int ctx = push_ctx(L);  // [ctx]
     if (ctx == 0) {
         sink_entry(L, e, 0, level, msg, extras);
         return;
     }
-    lua_createtable(L, 0, 5);                      // ctx entry
+    lua_createtable(L, 0, 5);  // ctx entry
     push_redacted(L, ctx, msg, len);
     lua_setfield(L, -2, "message");
     if (extras != NULL) {
@@ -660,10 +665,10 @@ void mt_engine_log(lua_State *L, int level, const char *msg, size_t len, const c
     lua_pushnumber(L, e ? mt_engine_now(e) : mt_wall_now());
     lua_setfield(L, -2, "time");
     lua_getfield(L, -1, "message");
-    lua_getfield(L, -2, "extras");                 // ctx entry msg extras
+    lua_getfield(L, -2, "extras");  // ctx entry msg extras
     sink_entry(L, e, ctx, level, lua_tostring(L, -2), lua_tostring(L, -1));
     lua_pop(L, 2);
-    lua_getfield(L, ctx, "logs");                  // ctx entry logs
+    lua_getfield(L, ctx, "logs");  // ctx entry logs
     lua_insert(L, -2);
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
     lua_pop(L, 2);
@@ -799,7 +804,7 @@ static int call_task(lua_State *L, mt_engine *e, int ctx, int n, const mt_policy
 static void run_task(lua_State *L, mt_engine *e, const mt_task *row)
 {
     int base = lua_gettop(L);
-    lua_createtable(L, 0, 8);                      // ctx
+    lua_createtable(L, 0, 8);  // ctx
     int ctx = lua_gettop(L);
     lua_pushstring(L, row->id);
     lua_setfield(L, ctx, "task_id");
@@ -809,7 +814,13 @@ static void run_task(lua_State *L, mt_engine *e, const mt_task *row)
     lua_setfield(L, ctx, "attempt");
     lua_newtable(L);
     lua_setfield(L, ctx, "logs");
-    mt_engine_push_tasks(L);                       // ctx tasks
+    const mt_limits *lim = mt_host_limits(L);
+    if (lim->abort != NULL && atomic_load(lim->abort)) {
+        // Shutting down: a claimed task that never started goes back as it was.
+        push_result(L, ctx, MT_PENDING, NULL, row->run_at);
+        goto done;
+    }
+    mt_engine_push_tasks(L);  // ctx tasks
     if (lua_getfield(L, -1, row->task) != LUA_TTABLE) {
         lua_pushfstring(L,
                         "unknown task '%s': no loaded task script registers it (add its "
@@ -818,9 +829,9 @@ static void run_task(lua_State *L, mt_engine *e, const mt_task *row)
         push_result(L, ctx, MT_FAILED, lua_tostring(L, -1), 0);
         goto done;
     }
-    lua_getfield(L, -1, "fn");                     // ctx tasks entry fn
-    mt_buf *plain = push_secbuf(L);                // ctx tasks entry fn plain
-    lua_insert(L, -2);                             // ctx tasks entry plain fn
+    lua_getfield(L, -1, "fn");       // ctx tasks entry fn
+    mt_buf *plain = push_secbuf(L);  // ctx tasks entry fn plain
+    lua_insert(L, -2);               // ctx tasks entry plain fn
     mt_err err = {0};
     const uint8_t *bytes = row->payload;
     size_t len = row->payload_len;
@@ -903,12 +914,12 @@ static void fill_outcome(lua_State *L, int idx, const mt_task *row, mt_outcome *
     lua_pop(L, 4);
     out->id = row->id;
     out->finished_at = now;
-    lua_getfield(L, idx, "logs");                  // logs
+    lua_getfield(L, idx, "logs");  // logs
     size_t n = lua_rawlen(L, -1);
     mt_log_entry *logs = lua_newuserdatauv(L, (n ? n : 1) * sizeof *logs, 0);
-    lua_setfield(L, idx, "logs_c");                // anchored in the outcome
+    lua_setfield(L, idx, "logs_c");  // anchored in the outcome
     for (size_t i = 0; i < n; i++) {
-        lua_rawgeti(L, -1, (lua_Integer)i + 1);    // logs entry
+        lua_rawgeti(L, -1, (lua_Integer)i + 1);  // logs entry
         lua_getfield(L, -1, "attempt");
         lua_getfield(L, -2, "time");
         lua_getfield(L, -3, "level");
@@ -941,18 +952,25 @@ static int batch_body(lua_State *L)
 {
     batch *b = lua_touserdata(L, 1);
     mt_engine *e = b->e;
-    rows_ud *r = push_rows(L, b->max);             // b rows
+    rows_ud *r = push_rows(L, b->max);  // b rows
     size_t n = 0;
     b->rc = mt_store_claim(e->store, mt_engine_now(e), e->owner, r->rows, b->max, &n, b->err);
     if (b->rc != MT_OK || n == 0) {
-        return 0;
+        lua_pushnil(L);
+        return 1;
     }
     b->ran = n;
-    lua_createtable(L, (int)n, 0);                 // b rows results
+    lua_createtable(L, (int)n, 0);  // b rows results
     for (size_t i = 0; i < n; i++) {
         run_task(L, e, &r->rows[i]);
         lua_rawseti(L, 3, (lua_Integer)i + 1);
     }
+    lua_createtable(L, (int)n, 0);  // b rows results ids
+    for (size_t i = 0; i < n; i++) {
+        lua_pushstring(L, r->rows[i].id);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_replace(L, 1);                                             // ids rows results
     mt_outcome *outs = lua_newuserdatauv(L, n * sizeof *outs, 0);  // b rows results outs
     double now = mt_engine_now(e);
     for (size_t i = 0; i < n; i++) {
@@ -964,30 +982,39 @@ static int batch_body(lua_State *L)
     for (size_t i = 0; b->rc == MT_OK && i < n; i++) {
         count_outcome(e, outs[i].status);
     }
-    return 0;
+    lua_settop(L, 1);
+    return 1;
 }
 
-int mt_engine_run_batch(mt_engine *e, size_t max, size_t *ran, mt_err *err)
+int mt_engine_run_batch_lua(mt_engine *e, size_t max, size_t *ran, mt_err *err)
 {
     lua_State *L = e->L;
     batch b = {.e = e, .max = max ? max : 1, .err = err};
     lua_pushcfunction(L, batch_body);
     lua_pushlightuserdata(L, &b);
-    int st = mt_host_pcall(L, 1, 0);
+    int st = mt_host_pcall(L, 1, 1);
     if (st != LUA_OK) {
-        b.rc = mt_err_set(err, MT_ENOMEM, "engine error while running tasks: %s",
-                          lua_tostring(L, -1));
+        b.rc =
+            mt_err_set(err, MT_ENOMEM, "engine error while running tasks: %s", lua_tostring(L, -1));
         lua_pop(L, 1);
+        lua_pushnil(L);
     }
     *ran = b.ran;
     return b.rc;
+}
+
+int mt_engine_run_batch(mt_engine *e, size_t max, size_t *ran, mt_err *err)
+{
+    int rc = mt_engine_run_batch_lua(e, max, ran, err);
+    lua_pop(e->L, 1);
+    return rc;
 }
 
 // --------------------------------------------------- inspection helpers
 
 void mt_engine_push_args_json(lua_State *L, mt_engine *e, const mt_task *row)
 {
-    mt_buf *b = push_secbuf(L);                    // b
+    mt_buf *b = push_secbuf(L);  // b
     const uint8_t *p = row->payload;
     size_t len = row->payload_len;
     if (row->token != NULL) {

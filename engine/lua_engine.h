@@ -28,9 +28,9 @@ typedef struct mt_engine_cfg {
     mt_store_opts store;
     const mt_fernet_key *keys;  // borrowed; keys[0] encrypts, any decrypts
     size_t nkeys;
-    mt_sink *sink;      // borrowed; may be NULL
-    size_t mem_limit;   // bytes per task state; 0 = none
-    bool virtual_clock; // time moves only with mt_engine_advance
+    mt_sink *sink;            // borrowed; may be NULL
+    size_t mem_limit;         // bytes per task state; 0 = none
+    bool virtual_clock;       // time moves only with mt_engine_advance
     const atomic_int *abort;  // forced shutdown flag; may be NULL
     mt_policy defaults;       // built-in defaults overlaid with the config's
 } mt_engine_cfg;
@@ -38,8 +38,8 @@ typedef struct mt_engine_cfg {
 // Counts of final outcomes this engine recorded.
 typedef struct mt_engine_stats {
     int64_t succeeded;
-    int64_t failed;       // FAILED or INTERRUPTED
-    int64_t retried;      // attempts that failed and were rescheduled
+    int64_t failed;   // FAILED or INTERRUPTED
+    int64_t retried;  // attempts that failed and were rescheduled
 } mt_engine_stats;
 
 double mt_engine_now(const mt_engine *e);

@@ -72,9 +72,17 @@ void mt_engine_log(lua_State *L, int level, const char *msg, size_t len, const c
 // Pushes {task_id=, task=, attempt=} inside a task, nil outside. [-0, +1, m]
 void mt_engine_push_context(lua_State *L);
 
+// mt_engine_run_batch that also pushes the list of task ids it ran (or
+// nil when none ran). [-0, +1, -]
+int mt_engine_run_batch_lua(mt_engine *e, size_t max, size_t *ran, mt_err *err);
+
 // Pushes the stored arguments as JSON array text (see argwire.h), or nil
 // when they are encrypted and no key opens them. [-0, +1, m]
 void mt_engine_push_args_json(lua_State *L, mt_engine *e, const mt_task *row);
+
+// A buffer owned by Lua (wiped when secure, freed by __gc or earlier by
+// mt_buf_clear), for C work that must survive a Lua error. [-0, +1, m]
+mt_buf *mt_lua_push_buf(lua_State *L, bool secure);
 
 // The registered task table of L (name -> {fn, spec}). [-0, +1, m]
 void mt_engine_push_tasks(lua_State *L);

@@ -10,6 +10,8 @@
  * it) and disarms the hook, so the outermost call always returns.
  */
 // SPDX-License-Identifier: MIT
+#include "lua_host.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,9 +20,8 @@
 #include <lualib.h>
 
 #include "ids.h"
-#include "lua_embedded.h"
 #include "lua_api.h"
-#include "lua_host.h"
+#include "lua_embedded.h"
 
 enum { HOOK_COUNT = 1000 };
 
@@ -53,8 +54,8 @@ static void *host_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 // Drops "./?.lua"-style entries: the working folder is not a trust boundary.
 static void strip_relative(lua_State *L, const char *field)
 {
-    lua_getglobal(L, "package");                   // package
-    lua_getfield(L, -1, field);                    // package path
+    lua_getglobal(L, "package");  // package
+    lua_getfield(L, -1, field);   // package path
     const char *path = lua_tostring(L, -1);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
@@ -71,8 +72,8 @@ static void strip_relative(lua_State *L, const char *field)
         }
         path = end ? end + 1 : NULL;
     }
-    luaL_pushresult(&b);                           // package path newpath
-    lua_setfield(L, -3, field);                    // package path
+    luaL_pushresult(&b);         // package path newpath
+    lua_setfield(L, -3, field);  // package path
     lua_pop(L, 2);
 }
 
@@ -210,7 +211,7 @@ static int traceback_handler(lua_State *L)
             msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
         }
     }
-    luaL_traceback(L, L, NULL, 1);                 // err [msg] tb
+    luaL_traceback(L, L, NULL, 1);  // err [msg] tb
     lua_rawsetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
     lua_pushstring(L, msg);
     return 1;

@@ -19,14 +19,14 @@
 // registry as a full userdata, so it exists for every state that runs tasks
 // (owned or not).
 typedef struct mt_limits {
-    size_t mem_used;     // bytes, accounted by our allocator (owned states)
-    size_t mem_limit;    // 0 = none; enforced only while a task runs
-    bool mem_enforced;   // a task is running: the cap applies
-    bool owned_alloc;    // the state uses mt_host's allocator
-    double deadline;     // monotonic seconds; 0 = none
-    double timeout;      // the task's timeout, for the message
-    bool fired;          // deadline or abort passed while the task ran
-    bool aborted;        // fired because of *abort (shutdown)
+    size_t mem_used;          // bytes, accounted by our allocator (owned states)
+    size_t mem_limit;         // 0 = none; enforced only while a task runs
+    bool mem_enforced;        // a task is running: the cap applies
+    bool owned_alloc;         // the state uses mt_host's allocator
+    double deadline;          // monotonic seconds; 0 = none
+    double timeout;           // the task's timeout, for the message
+    bool fired;               // deadline or abort passed while the task ran
+    bool aborted;             // fired because of *abort (shutdown)
     const atomic_int *abort;  // set by the engine on forced shutdown; may be NULL
 } mt_limits;
 

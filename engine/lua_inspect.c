@@ -194,9 +194,9 @@ static void push_task(lua_State *L, mt_engine *e, const mt_task *t, bool traceba
     lua_setfield(L, -2, "encrypted");
     lua_pushinteger(L, t->policy.retries);
     lua_setfield(L, -2, "retries");
-    mt_engine_push_args(L, e, t);                  // row args|nil
+    mt_engine_push_args(L, e, t);  // row args|nil
     lua_setfield(L, -2, "args");
-    mt_engine_push_args_json(L, e, t);             // row json|nil
+    mt_engine_push_args_json(L, e, t);  // row json|nil
     lua_setfield(L, -2, "args_json");
 }
 
@@ -234,8 +234,9 @@ static int engine_tasks(lua_State *L)
         if (lua_getfield(L, 2, "status") != LUA_TNIL) {
             f.status = mt_status_parse(luaL_checkstring(L, -1));
             if (f.status < 0) {
-                return luaL_error(L, "unknown status '%s' (use PENDING, RUNNING, SUCCESS, "
-                                     "FAILED or INTERRUPTED)",
+                return luaL_error(L,
+                                  "unknown status '%s' (use PENDING, RUNNING, SUCCESS, "
+                                  "FAILED or INTERRUPTED)",
                                   lua_tostring(L, -1));
             }
         }

@@ -42,7 +42,7 @@ static void parse_keys(lua_State *L, int idx, mt_settings *s)
     lua_createtable(L, 0, 1);
     lua_pushcfunction(L, keys_gc);
     lua_setfield(L, -2, "__gc");
-    lua_setmetatable(L, -2);                       // keystable ud
+    lua_setmetatable(L, -2);  // keystable ud
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, -2, (lua_Integer)i + 1);
         size_t len;
@@ -56,7 +56,7 @@ static void parse_keys(lua_State *L, int idx, mt_settings *s)
         }
         lua_pop(L, 1);
     }
-    lua_remove(L, -2);                             // ud
+    lua_remove(L, -2);  // ud
     s->cfg.keys = keys;
     s->cfg.nkeys = n;
 }
@@ -120,8 +120,8 @@ int mt_api_open(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
     mt_settings s;
-    mt_api_settings(L, 1, &s);                     // settings keys
-    mt_api_push_engine(L);                         // settings keys engine
+    mt_api_settings(L, 1, &s);  // settings keys
+    mt_api_push_engine(L);      // settings keys engine
     mt_err err = {0};
     mt_sink *sink = NULL;
     int rc = MT_OK;

@@ -69,7 +69,7 @@ static int pmain(lua_State *L)
     }
     lua_getglobal(L, "require");
     lua_pushliteral(L, "moontask.cli");
-    lua_call(L, 1, 1);                             // cli
+    lua_call(L, 1, 1);  // cli
     lua_getfield(L, -1, "main");
     lua_createtable(L, a->argc, 0);
     for (int i = 1; i < a->argc; i++) {

@@ -97,7 +97,7 @@ int mt_store_claim(mt_store *st, double now, const char *owner, mt_task *rows, s
 typedef struct mt_log_entry {
     int attempt;
     double time;
-    const char *level;        // "debug", "info", "warning", "error"
+    const char *level;  // "debug", "info", "warning", "error"
     const char *message;
     const char *extras_json;  // JSON object text, or NULL
 } mt_log_entry;
@@ -107,7 +107,7 @@ typedef struct mt_outcome {
     const char *id;
     int status;  // MT_SUCCESS, MT_FAILED, MT_PENDING (retry) or MT_INTERRUPTED
     double finished_at;
-    double run_at;  // the retry time when status is MT_PENDING
+    double run_at;          // the retry time when status is MT_PENDING
     const char *error;      // NULL on success
     const char *traceback;  // NULL on success
     const mt_log_entry *logs;

@@ -29,10 +29,10 @@
 typedef struct pool {
     mt_settings s;
     bool drain;
-    atomic_int stop;       // no more claims
-    atomic_int abort;      // interrupt running tasks (grace period over)
-    atomic_int busy;       // workers inside a batch
-    atomic_long gen;       // batches started, to detect races in drain checks
+    atomic_int stop;   // no more claims
+    atomic_int abort;  // interrupt running tasks (grace period over)
+    atomic_int busy;   // workers inside a batch
+    atomic_long gen;   // batches started, to detect races in drain checks
     atomic_int exited;
     atomic_int engine_errors;
 } pool;
@@ -189,8 +189,8 @@ static void abandon_stuck(pool *p, const char *owner)
     mt_err err = {0};
     if (mt_store_open(&st, p->s.cfg.database, &p->s.cfg.store, &err) == MT_OK) {
         mt_store_interrupt_owner(st, owner, mt_wall_now(),
-                                 "interrupted: the engine stopped while the task was blocked",
-                                 NULL, NULL, &err);
+                                 "interrupted: the engine stopped while the task was blocked", NULL,
+                                 NULL, &err);
     }
     mt_store_close(st);
     mt_err_clear(&err);
@@ -262,7 +262,7 @@ int mt_api_run(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
     pool *p = lua_newuserdatauv(L, sizeof *p, 0);  // Lua-owned: freed with the state
     memset(p, 0, sizeof *p);
-    mt_api_settings(L, 1, &p->s);                  // keeps the keys alive on the stack
+    mt_api_settings(L, 1, &p->s);  // keeps the keys alive on the stack
     if (lua_istable(L, 3)) {
         lua_getfield(L, 3, "drain");
         p->drain = lua_toboolean(L, -1);
@@ -314,8 +314,8 @@ int mt_api_run(lua_State *L)
             abandon_stuck(p, mt_engine_owner(ws[0].e));
         }
         print_summary(p, ws, n, mt_mono_now() - t0);
-        code = (p->drain && !got_signal && (total_failed(ws, n) > 0 || p->engine_errors > 0)) ? 1
-                                                                                              : 0;
+        code =
+            (p->drain && !got_signal && (total_failed(ws, n) > 0 || p->engine_errors > 0)) ? 1 : 0;
     } else {
         atomic_store(&p->stop, 1);
         atomic_store(&p->abort, 1);

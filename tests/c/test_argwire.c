@@ -231,20 +231,21 @@ static void test_argwire_corrupt(void)
                    "stored arguments are corrupt: 1 trailing bytes after the argument array");
     expect_corrupt((const uint8_t *)"\x91\xc1", 2,
                    "stored arguments are corrupt: unsupported type byte 0xc1 at byte 1");
-    expect_corrupt((const uint8_t *)"\x91\xd4\x01\x02", 4, NULL);            // fixext1
-    expect_corrupt((const uint8_t *)"\x91\xc7\x01\x01\x02", 5, NULL);        // ext8
-    expect_corrupt((const uint8_t *)"\x91\x81\xc0\x01", 4, NULL);            // nil key
-    expect_corrupt((const uint8_t *)"\x91\x81\x90\x01", 4, NULL);            // array key
+    expect_corrupt((const uint8_t *)"\x91\xd4\x01\x02", 4, NULL);                // fixext1
+    expect_corrupt((const uint8_t *)"\x91\xc7\x01\x01\x02", 5, NULL);            // ext8
+    expect_corrupt((const uint8_t *)"\x91\x81\xc0\x01", 4, NULL);                // nil key
+    expect_corrupt((const uint8_t *)"\x91\x81\x90\x01", 4, NULL);                // array key
     expect_corrupt((const uint8_t *)"\x91\x81\xcb\x7f\xf8\0\0\0\0\0\0\x01", 12,  // NaN key
                    "stored arguments are corrupt: map key at byte 2 is NaN");
-    expect_corrupt((const uint8_t *)"\x91\xa5" "abc", 5,
+    expect_corrupt((const uint8_t *)"\x91\xa5\x61\x62\x63", 5,
                    "stored arguments are corrupt: string of 5 bytes at byte 1 is cut off");
     // A forged count must be refused before anything is allocated for it.
     expect_corrupt((const uint8_t *)"\xdd\x10\0\0\0\xc0", 6,
                    "stored arguments are corrupt: container at byte 0 claims 268435456 items "
                    "but 1 bytes remain");
     expect_corrupt((const uint8_t *)"\x91\xdf\xff\xff\xff\xff\xc0\xc0", 8, NULL);
-    expect_corrupt((const uint8_t *)"\x91\xcb\0\0", 4, "stored arguments are corrupt: cut off at byte 1");
+    expect_corrupt((const uint8_t *)"\x91\xcb\0\0", 4,
+                   "stored arguments are corrupt: cut off at byte 1");
 
     // Every proper prefix of a valid encoding is corrupt.
     wire w;
@@ -379,7 +380,7 @@ static void test_argwire_utf8(void)
     CHECK(mt_utf8_valid((const uint8_t *)"", 0));
     CHECK(mt_utf8_valid((const uint8_t *)"a\0b", 3));
     CHECK(mt_utf8_valid((const uint8_t *)"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80", 9));
-    CHECK(mt_utf8_valid((const uint8_t *)"\xf4\x8f\xbf\xbf", 4));  // U+10FFFF
+    CHECK(mt_utf8_valid((const uint8_t *)"\xf4\x8f\xbf\xbf", 4));   // U+10FFFF
     CHECK(!mt_utf8_valid((const uint8_t *)"\xc0\x80", 2));          // overlong NUL
     CHECK(!mt_utf8_valid((const uint8_t *)"\xe0\x80\x80", 3));      // overlong
     CHECK(!mt_utf8_valid((const uint8_t *)"\xed\xa0\x80", 3));      // surrogate
