@@ -44,7 +44,7 @@ lint() {
   [ -z "$bad" ] || { echo "OpenSSL outside fernet.c: $bad"; exit 1; }
   bad=$(grep -l '#include <sqlite3\.h>' engine/*.[ch] | grep -v '^engine/store\.c$' || true)
   [ -z "$bad" ] || { echo "SQLite outside store.c: $bad"; exit 1; }
-  luacheck -q --std lua54 --no-max-line-length lua scripts tests/spec >/dev/null
+  luacheck -q lua scripts tests/spec
 }
 
 case "${1:-}" in
