@@ -44,7 +44,7 @@ lint() {
   [ -z "$bad" ] || { echo "OpenSSL outside fernet.c: $bad"; exit 1; }
   bad=$(grep -l '#include <sqlite3\.h>' engine/*.[ch] | grep -v '^engine/store\.c$' || true)
   [ -z "$bad" ] || { echo "SQLite outside store.c: $bad"; exit 1; }
-  luacheck -q lua scripts tests/spec
+  luacheck -q lua scripts tests/spec bench
 }
 
 case "${1:-}" in

@@ -43,6 +43,10 @@ print(string.format("attempts: %d; %d task(s) needed a retry", attempts, retried
 print(string.format("enqueue:  %.2f s, %s tasks/s", enqueue_s, rate(total, enqueue_s)))
 print(string.format("run:      %.2f s, %s tasks/s", run_s, rate(total, run_s)))
 print(string.format("total:    %.2f s, %s tasks/s", enqueue_s + run_s, rate(total, enqueue_s + run_s)))
+if #failed > 0 then
+  print(string.format("failed:   %d task(s)%s", counts.FAILED or 0,
+    (counts.FAILED or 0) > #failed and string.format(", the first %d:", #failed) or ":"))
+end
 for _, t in ipairs(failed) do
-  print(string.format("failed:   %s %s: %s", t.id, t.task, t.error or "?"))
+  print(string.format("  %s %s: %s", t.id, t.task, t.error or "?"))
 end

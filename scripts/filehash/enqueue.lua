@@ -19,11 +19,16 @@ local function list_files(root)
   local p = assert(io.popen("find " .. shell_quote(root) .. " -type f -print0", "r"))
   local data = p:read("a")
   local ok, how, code = p:close()
-  if not ok then
-    error(string.format("find %s failed (%s %s)", root, how, tostring(code)), 0)
-  end
   local files = {}
   for name in data:gmatch("([^%z]+)%z") do files[#files + 1] = name end
+  if not ok then
+    -- find lists what it can and fails on unreadable folders: go on with
+    -- what it listed, unless it listed nothing.
+    if #files == 0 then
+      error(string.format("find %s failed (%s %s)", root, how, tostring(code)), 0)
+    end
+    io.stderr:write("filehash: find reported errors (above); enqueuing the files it listed\n")
+  end
   table.sort(files)
   return files
 end

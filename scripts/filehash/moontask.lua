@@ -10,6 +10,5 @@ return {
   workers = 2,
   -- Thousands of "hashed" lines go to the file, not the terminal.
   log = { file = work .. "/moontask.log", stdout = false, level = "info" },
-  defaults = { retries = 2, delay = 0.1, backoff = 2 },
   poll_interval = 0.1,
 }

@@ -15,6 +15,7 @@ dir=${2:-/usr/share/doc}
 here=$(cd "$(dirname "$0")" && pwd)
 config=$here/moontask.lua
 [ -d "$dir" ] || { echo "filehash: $dir is not a folder" >&2; exit 2; }
+dir=$(cd "$dir" && pwd)  # tasks store absolute paths
 
 FILEHASH_WORK=$(mktemp -d /tmp/moontask-filehash.XXXXXX)
 export FILEHASH_WORK
