@@ -5,12 +5,17 @@
 -- (encrypt_args_key in moontask.lua) and must not leak through the logs.
 local moontask = require "moontask"
 
--- Task scripts load by path, so find gateway.lua next to this file.
+-- Task scripts load by path: make `require "payments.gateway"` find
+-- gateway.lua next to this file. The task body requires it at call time, so
+-- a spec can replace it with e:inject("payments.gateway", fake).
 local here = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
-local gateway = dofile(here .. "gateway.lua")
+if not package.path:find(here .. "../?.lua;", 1, true) then
+  package.path = here .. "../?.lua;" .. package.path
+end
 
 moontask.task("charge_payment", { retries = 4, delay = 0.5, backoff = 2, max_delay = 5 },
   function(user_id, card_token, amount)
+    local gateway = require "payments.gateway"
     local attempt = moontask.context().attempt
     local ok, res = pcall(gateway.charge, user_id, card_token, amount, attempt)
     if not ok then
