@@ -190,13 +190,16 @@ static int m_enqueue(lua_State *L)
 // moontask.log(message, [fields])
 static int m_log(lua_State *L)
 {
-    size_t len;
-    const char *msg = luaL_tolstring(L, 1, &len);  // fields? msg
-    int level = MT_LOG_INFO;
-    const char *extras = NULL;
-    size_t elen = 0;
-    if (!lua_isnoneornil(L, 2)) {
+    bool has_fields = !lua_isnoneornil(L, 2);
+    if (has_fields) {
         luaL_checktype(L, 2, LUA_TTABLE);
+    }
+    lua_settop(L, 2);
+    size_t len;
+    const char *msg = luaL_tolstring(L, 1, &len);  // msg fields text
+    int level = MT_LOG_INFO;
+    int extras = 0;
+    if (has_fields) {
         if (lua_getfield(L, 2, "level") != LUA_TNIL) {
             level = mt_log_level_parse(lua_tostring(L, -1));
             if (level < 0) {
@@ -205,8 +208,8 @@ static int m_log(lua_State *L)
             }
         }
         lua_pop(L, 1);
-        lua_newtable(L);  // fields msg extras
-        int x = lua_gettop(L);
+        lua_newtable(L);  // msg fields text extras
+        extras = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, 2) != 0) {
             if (lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), "level") == 0) {
@@ -215,21 +218,10 @@ static int m_log(lua_State *L)
             }
             lua_pushvalue(L, -2);
             lua_insert(L, -2);
-            lua_rawset(L, x);
+            lua_rawset(L, extras);
         }
-        mt_buf *b = mt_lua_push_buf(L, false);
-        mt_err err = {0};
-        int rc = mt_lua_to_json(L, x, b, &err);
-        mt_err_clear(&err);
-        if (rc == MT_OK) {
-            lua_pushlstring(L, (const char *)b->data, b->len);
-        } else {
-            lua_pushliteral(L, "{}");
-        }
-        mt_buf_clear(b);
-        extras = lua_tolstring(L, -1, &elen);
     }
-    mt_engine_log(L, level, msg, len, extras, elen);
+    mt_engine_log(L, level, msg, len, extras);
     return 0;
 }
 

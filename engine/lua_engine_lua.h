@@ -65,9 +65,11 @@ void mt_engine_push_args(lua_State *L, mt_engine *e, const mt_task *row);
 
 // Records a log entry: inside a task, redacted, kept for the store and
 // written to the sink; outside a task, written to the sink of the current
-// engine, or to stderr when there is none. [-0, +0, m]
-void mt_engine_log(lua_State *L, int level, const char *msg, size_t len, const char *extras,
-                   size_t elen);
+// engine, or to stderr when there is none. extras: stack index of a table
+// of structured fields, or 0. Strings in extras (keys and values, at any
+// depth) are redacted before the table is rendered as JSON, so escaping
+// cannot hide a secret. [-0, +0, m]
+void mt_engine_log(lua_State *L, int level, const char *msg, size_t len, int extras);
 
 // Pushes {task_id=, task=, attempt=} inside a task, nil outside. [-0, +1, m]
 void mt_engine_push_context(lua_State *L);

@@ -162,20 +162,83 @@ static void sink_entry(lua_State *L, mt_engine *e, int ctx, int level, const cha
     }
 }
 
-void mt_engine_log(lua_State *L, int level, const char *msg, size_t len, const char *extras,
-                   size_t elen)
+enum { REDACT_DEPTH = 64 };
+
+// Pushes a copy of the value at idx with every string (table keys and
+// values, at any depth) redacted; shared and cyclic tables map to one copy
+// each, through `seen` (a table at stack index seen). [-0, +1, m]
+static void push_redacted_value(lua_State *L, int ctx, int idx, int seen, int depth)
 {
-    mt_engine *e = mt_engine_current(L);
-    int ctx = push_ctx(L);  // [ctx]
-    if (ctx == 0) {
-        sink_entry(L, e, 0, level, msg, extras);
+    idx = lua_absindex(L, idx);
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        push_redacted(L, ctx, s, len);
         return;
     }
-    lua_createtable(L, 0, 5);  // ctx entry
+    if (lua_type(L, idx) != LUA_TTABLE || depth > REDACT_DEPTH) {
+        lua_pushvalue(L, idx);
+        return;
+    }
+    lua_pushvalue(L, idx);
+    if (lua_rawget(L, seen) != LUA_TNIL) {
+        return;
+    }
+    lua_pop(L, 1);
+    luaL_checkstack(L, 6, "log extras nested too deeply");
+    lua_newtable(L);  // copy
+    lua_pushvalue(L, idx);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, seen);
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {                        // copy k v
+        push_redacted_value(L, ctx, -2, seen, depth + 1);  // copy k v k'
+        push_redacted_value(L, ctx, -2, seen, depth + 1);  // copy k v k' v'
+        lua_rawset(L, -5);                                 // copy k v
+        lua_pop(L, 1);
+    }
+}
+
+// Pushes the JSON text of the extras table at idx, redacted when ctx has
+// secrets. [-0, +1, m]
+static void push_extras_json(lua_State *L, int ctx, int idx)
+{
+    idx = lua_absindex(L, idx);
+    if (ctx != 0) {
+        lua_newtable(L);                                     // seen
+        push_redacted_value(L, ctx, idx, lua_gettop(L), 0);  // seen copy
+        lua_remove(L, -2);
+        idx = lua_gettop(L);
+    }
+    mt_buf *b = mt_lua_push_buf(L, false);
+    mt_err err = {0};
+    int rc = mt_lua_to_json(L, idx, b, &err);
+    mt_err_clear(&err);
+    if (rc == MT_OK) {
+        lua_pushlstring(L, (const char *)b->data, b->len);
+    } else {
+        lua_pushliteral(L, "{}");
+    }
+    mt_buf_clear(b);
+    lua_remove(L, -2);  // [copy] json
+    if (ctx != 0) {
+        lua_remove(L, -2);
+    }
+}
+
+// Appends an entry to the context's logs (redacted) and writes it to the
+// sink. extras: stack index of a fields table, or 0. [-0, +0, m]
+static void ctx_log(lua_State *L, mt_engine *e, int ctx, int level, const char *msg, size_t len,
+                    int extras)
+{
+    if (extras != 0) {
+        extras = lua_absindex(L, extras);
+    }
+    lua_createtable(L, 0, 5);  // entry
     push_redacted(L, ctx, msg, len);
     lua_setfield(L, -2, "message");
-    if (extras != NULL) {
-        push_redacted(L, ctx, extras, elen);
+    if (extras != 0) {
+        push_extras_json(L, ctx, extras);
         lua_setfield(L, -2, "extras");
     }
     lua_pushstring(L, mt_log_level_name(level));
@@ -185,13 +248,36 @@ void mt_engine_log(lua_State *L, int level, const char *msg, size_t len, const c
     lua_pushnumber(L, e ? mt_engine_now(e) : mt_wall_now());
     lua_setfield(L, -2, "time");
     lua_getfield(L, -1, "message");
-    lua_getfield(L, -2, "extras");  // ctx entry msg extras
+    lua_getfield(L, -2, "extras");  // entry msg extras
     sink_entry(L, e, ctx, level, lua_tostring(L, -2), lua_tostring(L, -1));
     lua_pop(L, 2);
-    lua_getfield(L, ctx, "logs");  // ctx entry logs
+    lua_getfield(L, ctx, "logs");  // entry logs
     lua_insert(L, -2);
     lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
-    lua_pop(L, 2);
+    lua_pop(L, 1);
+}
+
+void mt_engine_log(lua_State *L, int level, const char *msg, size_t len, int extras)
+{
+    if (extras != 0) {
+        extras = lua_absindex(L, extras);
+    }
+    mt_engine *e = mt_engine_current(L);
+    int ctx = push_ctx(L);  // [ctx]
+    if (ctx == 0) {
+        const char *json = NULL;
+        if (extras != 0) {
+            push_extras_json(L, 0, extras);
+            json = lua_tostring(L, -1);
+        }
+        sink_entry(L, e, 0, level, msg, json);
+        if (extras != 0) {
+            lua_pop(L, 1);
+        }
+        return;
+    }
+    ctx_log(L, e, ctx, level, msg, len, extras);
+    lua_pop(L, 1);
 }
 
 void mt_engine_push_context(lua_State *L)
@@ -229,7 +315,7 @@ static int capture_print(lua_State *L)
     luaL_pushresult(&b);
     size_t len;
     const char *msg = lua_tolstring(L, -1, &len);
-    mt_engine_log(L, MT_LOG_INFO, msg, len, NULL, 0);
+    mt_engine_log(L, MT_LOG_INFO, msg, len, 0);
     return 0;
 }
 
@@ -240,9 +326,35 @@ static int refuse_exit(lua_State *L)
 
 // ------------------------------------------------------------------- run
 
-// Pushes the outcome table {status=, error=, traceback=, run_at=, logs=}.
-static void push_result(lua_State *L, int ctx, int status, const char *error, double run_at)
+// Records why an attempt did not succeed as a log entry of the task, so
+// that failures show in the log file and on stdout, not only on the row.
+static void log_failure(lua_State *L, mt_engine *e, int ctx, int status, const char *error,
+                        double run_at)
 {
+    lua_getfield(L, ctx, "attempt");
+    lua_Integer attempt = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    if (status == MT_PENDING) {
+        lua_pushfstring(L, "attempt %I failed, retrying in %f s: %s", attempt,
+                        (lua_Number)(run_at - mt_engine_now(e)), error);
+    } else if (status == MT_INTERRUPTED) {
+        lua_pushfstring(L, "attempt %I interrupted: %s", attempt, error);
+    } else {
+        lua_pushfstring(L, "attempt %I failed, no retries left: %s", attempt, error);
+    }
+    size_t len;
+    const char *msg = lua_tolstring(L, -1, &len);
+    ctx_log(L, e, ctx, status == MT_PENDING ? MT_LOG_WARNING : MT_LOG_ERROR, msg, len, 0);
+    lua_pop(L, 1);
+}
+
+// Pushes the outcome table {status=, error=, traceback=, run_at=, logs=}.
+static void push_result(lua_State *L, mt_engine *e, int ctx, int status, const char *error,
+                        double run_at)
+{
+    if (error != NULL) {
+        log_failure(L, e, ctx, status, error, run_at);
+    }
     lua_createtable(L, 0, 5);
     lua_pushinteger(L, status);
     lua_setfield(L, -2, "status");
@@ -337,7 +449,7 @@ static void run_task(lua_State *L, mt_engine *e, const mt_task *row)
     const mt_limits *lim = mt_host_limits(L);
     if (lim->abort != NULL && atomic_load(lim->abort)) {
         // Shutting down: a claimed task that never started goes back as it was.
-        push_result(L, ctx, MT_PENDING, NULL, row->run_at);
+        push_result(L, e, ctx, MT_PENDING, NULL, row->run_at);
         goto done;
     }
     mt_engine_push_tasks(L);  // ctx tasks
@@ -346,7 +458,7 @@ static void run_task(lua_State *L, mt_engine *e, const mt_task *row)
                         "unknown task '%s': no loaded task script registers it (add its "
                         "script to the config's scripts, then `moontask retry %s`)",
                         row->task, row->id);
-        push_result(L, ctx, MT_FAILED, lua_tostring(L, -1), 0);
+        push_result(L, e, ctx, MT_FAILED, lua_tostring(L, -1), 0);
         goto done;
     }
     lua_getfield(L, -1, "fn");       // ctx tasks entry fn
@@ -357,7 +469,7 @@ static void run_task(lua_State *L, mt_engine *e, const mt_task *row)
     size_t len = row->payload_len;
     if (row->token != NULL) {
         if (mt_engine_open_token(e, row->token, plain, &err) != MT_OK) {
-            push_result(L, ctx, MT_FAILED, mt_err_msg(&err), 0);
+            push_result(L, e, ctx, MT_FAILED, mt_err_msg(&err), 0);
             mt_err_clear(&err);
             goto done;
         }
@@ -372,14 +484,14 @@ static void run_task(lua_State *L, mt_engine *e, const mt_task *row)
     int rc = mt_args_decode(L, bytes, len, &n, &err);
     mt_buf_clear(plain);  // the arguments now exist only as Lua values
     if (rc != MT_OK) {
-        push_result(L, ctx, MT_FAILED, "stored arguments are corrupt; the task cannot run", 0);
+        push_result(L, e, ctx, MT_FAILED, "stored arguments are corrupt; the task cannot run", 0);
         mt_err_clear(&err);
         goto done;
     }
     int status;
     const char *why;
     if (call_task(L, e, ctx, n, &row->policy, &status, &why) == 0) {
-        push_result(L, ctx, MT_SUCCESS, NULL, 0);
+        push_result(L, e, ctx, MT_SUCCESS, NULL, 0);
         goto done;
     }
     const char *msg = why != NULL ? why : lua_tostring(L, -1);
@@ -392,7 +504,7 @@ static void run_task(lua_State *L, mt_engine *e, const mt_task *row)
         status = MT_PENDING;
         run_at = mt_engine_now(e) + mt_backoff_delay(&row->policy, tries, mt_engine_uniform(e));
     }
-    push_result(L, ctx, status, msg, run_at);
+    push_result(L, e, ctx, status, msg, run_at);
     mt_host_push_traceback(L);
     if (lua_isstring(L, -1)) {
         size_t tlen;

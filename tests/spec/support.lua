@@ -123,14 +123,12 @@ end
 -- Calls fn until it returns a true value (returned) or `limit` seconds
 -- pass (returns nil). Polls; never used to measure time.
 function M.wait_until(fn, limit)
-  limit = limit or 10
-  local waited = 0
-  while waited < limit do
+  local deadline = os.time() + math.ceil(limit or 10)
+  repeat
     local v = fn()
     if v then return v end
     M.sleep(0.02)
-    waited = waited + 0.02
-  end
+  until os.time() > deadline
   return fn()
 end
 
@@ -182,6 +180,142 @@ function M.spawn(args, opts)
     end
   end
   return h
+end
+
+-- ---------------------------------------------------------------------
+-- SQLite CLI, bytes, pyfernet and exact value comparison, for the
+-- encryption specs (crypto, leak, rotation, interop).
+
+-- Runs the sqlite3 CLI on db with the SQL text on stdin; returns code,
+-- stdout, stderr.
+function M.sqlite(db, sql)
+  local tmp = os.tmpname()
+  M.write(tmp .. ".sql", sql)
+  local _, _, code = os.execute("sqlite3 -batch " .. q(db) .. " <" .. q(tmp .. ".sql")
+    .. " >" .. q(tmp .. ".out") .. " 2>" .. q(tmp .. ".err"))
+  local out, err = M.read(tmp .. ".out") or "", M.read(tmp .. ".err") or ""
+  for _, s in ipairs { "", ".sql", ".out", ".err" } do os.remove(tmp .. s) end
+  return code, out, err
+end
+
+-- The single value a query prints (one trailing newline dropped); raises
+-- when sqlite3 fails.
+function M.sqlite_value(db, sql)
+  local code, out, err = M.sqlite(db, sql)
+  assert(code == 0, "sqlite3 failed: " .. err)
+  return (out:gsub("\n$", ""))
+end
+
+function M.tohex(s)
+  return (s:gsub(".", function(c) return string.format("%02x", c:byte()) end))
+end
+
+function M.fromhex(h)
+  assert(#h % 2 == 0 and not h:find("[^%x]"), "not hex text")
+  return (h:gsub("%x%x", function(x) return string.char(tonumber(x, 16)) end))
+end
+
+local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+
+-- Base64 of s (standard alphabet, or base64url when urlsafe), with padding.
+function M.base64(s, urlsafe)
+  local out = {}
+  for i = 1, #s, 3 do
+    local a, b, c = s:byte(i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local chunk = {}
+    for k = 1, 4 do
+      local v = (n >> (6 * (4 - k))) & 63
+      chunk[k] = B64:sub(v + 1, v + 1)
+    end
+    if not b then chunk[3], chunk[4] = "=", "=" elseif not c then chunk[4] = "=" end
+    out[#out + 1] = table.concat(chunk)
+  end
+  local text = table.concat(out)
+  if urlsafe then text = text:gsub("[+/]", { ["+"] = "-", ["/"] = "_" }) end
+  return text
+end
+
+-- n random bytes as 2n hex digits, from the OS.
+function M.random_hex(n)
+  local f = assert(io.open("/dev/urandom", "rb"))
+  local bytes = f:read(n)
+  f:close()
+  return M.tohex(bytes)
+end
+
+-- The forms a leaked secret can take: itself, its hex (lower and upper
+-- case), and for each of the 3 alignments of the secret inside a longer
+-- byte string the base64 and base64url characters that depend on the secret
+-- alone. Returns a list of {name=, text=}.
+function M.leak_forms(secret)
+  local forms = {
+    { name = "plain", text = secret },
+    { name = "hex", text = M.tohex(secret) },
+    { name = "HEX", text = M.tohex(secret):upper() },
+  }
+  for skip = 0, 2 do
+    local part = secret:sub(skip + 1)
+    part = part:sub(1, #part - #part % 3)  -- whole 3-byte groups: no padding
+    forms[#forms + 1] = { name = "base64@" .. skip, text = M.base64(part) }
+    forms[#forms + 1] = { name = "base64url@" .. skip, text = M.base64(part, true) }
+  end
+  return forms
+end
+
+-- The names of the forms (from M.leak_forms) found in blob, as a list.
+function M.find_leaks(blob, forms)
+  local found = {}
+  for _, f in ipairs(forms) do
+    if blob:find(f.text, 1, true) then found[#found + 1] = f.name end
+  end
+  return found
+end
+
+-- Runs /usr/bin/python3 pyfernet.py ARGS with stdin bytes (via files).
+-- Returns code, stdout bytes, stderr.
+function M.pyfernet(args, stdin)
+  local tmp = os.tmpname()
+  M.write(tmp .. ".in", stdin or "")
+  local cmd = { "/usr/bin/python3", q(M.vectors .. "/pyfernet.py") }
+  for _, a in ipairs(args) do cmd[#cmd + 1] = q(a) end
+  local _, _, code = os.execute(table.concat(cmd, " ") .. " <" .. q(tmp .. ".in")
+    .. " >" .. q(tmp .. ".out") .. " 2>" .. q(tmp .. ".err"))
+  local out, err = M.read(tmp .. ".out") or "", M.read(tmp .. ".err") or ""
+  for _, s in ipairs { "", ".in", ".out", ".err" } do os.remove(tmp .. s) end
+  return code, out, err
+end
+
+-- Exact equality of Lua data: integer versus float, NaN equals NaN, -0.0
+-- versus 0.0, strings byte for byte, tables key by key. Returns true, or
+-- false and the path of the first difference.
+function M.same_data(a, b, path)
+  path = path or "value"
+  if type(a) ~= type(b) then
+    return false, path .. ": " .. type(a) .. " versus " .. type(b)
+  end
+  if type(a) == "number" then
+    if math.type(a) ~= math.type(b) then
+      return false, path .. ": " .. math.type(a) .. " versus " .. math.type(b)
+    end
+    if a ~= a and b ~= b then return true end
+    if a ~= b or (a == 0 and 1 / a ~= 1 / b) then
+      return false, path .. ": " .. string.format("%q versus %q", a, b)
+    end
+    return true
+  end
+  if type(a) ~= "table" then
+    if a ~= b then return false, path .. ": " .. string.format("%q versus %q", a, b) end
+    return true
+  end
+  for k, v in pairs(a) do
+    local ok, where = M.same_data(v, b[k], path .. "[" .. string.format("%q", k) .. "]")
+    if not ok then return false, where end
+  end
+  for k in pairs(b) do
+    if a[k] == nil then return false, path .. "[" .. string.format("%q", k) .. "]: extra" end
+  end
+  return true
 end
 
 return M
