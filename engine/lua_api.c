@@ -404,7 +404,7 @@ static int engine_run_batch(lua_State *L, size_t max)
     mt_engine *e = check_engine(L, 1);
     size_t ran = 0;
     mt_err err = {0};
-    if (mt_engine_run_batch_lua(e, max, &ran, &err) != MT_OK) {
+    if (mt_engine_run_batch_lua(L, e, max, &ran, &err) != MT_OK) {
         lua_pop(L, 1);
         int r = push_fail(L, &err);
         mt_err_clear(&err);

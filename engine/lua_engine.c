@@ -214,7 +214,12 @@ void mt_policy_overlay(mt_policy *p, const mt_policy_spec *s)
 
 static int engine_init(mt_engine *e, lua_State *L, const mt_engine_cfg *cfg, mt_err *err)
 {
-    e->L = L;
+    // Keep the main thread: the caller may be a coroutine that dies before
+    // the engine does. Methods run tasks on the thread that calls them.
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    e->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+    mt_host_install_hook(L);
     e->sink = cfg->sink;
     e->defaults = cfg->defaults;
     e->virtual_clock = cfg->virtual_clock;

@@ -74,9 +74,9 @@ void mt_engine_log(lua_State *L, int level, const char *msg, size_t len, int ext
 // Pushes {task_id=, task=, attempt=} inside a task, nil outside. [-0, +1, m]
 void mt_engine_push_context(lua_State *L);
 
-// mt_engine_run_batch that also pushes the list of task ids it ran (or
-// nil when none ran). [-0, +1, -]
-int mt_engine_run_batch_lua(mt_engine *e, size_t max, size_t *ran, mt_err *err);
+// mt_engine_run_batch on thread L (the caller's; tasks run there), also
+// pushing the list of task ids it ran (or nil when none ran). [-0, +1, -]
+int mt_engine_run_batch_lua(lua_State *L, mt_engine *e, size_t max, size_t *ran, mt_err *err);
 
 // Pushes the stored arguments as JSON array text (see argwire.h), or nil
 // when they are encrypted and no key opens them. [-0, +1, m]

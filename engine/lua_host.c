@@ -131,6 +131,7 @@ lua_State *mt_host_newstate(size_t mem_limit)
         mt_host_close(L);
         return NULL;
     }
+    mt_host_install_hook(L);
     return L;
 }
 
@@ -162,6 +163,13 @@ static void deadline_hook(lua_State *L, lua_Debug *ar)
 {
     (void)ar;
     mt_limits *lim = mt_host_limits(L);
+    if (!lim->armed) {
+        if (lua_gethookmask(L) != LUA_MASKCOUNT) {
+            // A thread that fired keeps its per-line mask: make it cheap again.
+            lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_COUNT);
+        }
+        return;
+    }
     if (!lim->fired) {
         bool abort_now = lim->abort != NULL && atomic_load(lim->abort) != 0;
         if (!abort_now && (lim->deadline <= 0 || mt_mono_now() < lim->deadline)) {
@@ -169,12 +177,21 @@ static void deadline_hook(lua_State *L, lua_Debug *ar)
         }
         lim->fired = true;
         lim->aborted = abort_now;
-        lua_sethook(L, deadline_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
     }
+    // Fire on every line and instruction from now on, in whichever thread
+    // (task or coroutine) is running, so pcall cannot swallow the error.
+    lua_sethook(L, deadline_hook, LUA_MASKCOUNT | LUA_MASKLINE, 1);
     if (lim->aborted) {
         luaL_error(L, "interrupted: the engine is shutting down");
     }
     luaL_error(L, "task timed out after %f seconds", lim->timeout);
+}
+
+void mt_host_install_hook(lua_State *L)
+{
+    if (lua_gethook(L) == NULL) {
+        lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    }
 }
 
 void mt_host_arm(lua_State *L, double timeout)
@@ -185,7 +202,15 @@ void mt_host_arm(lua_State *L, double timeout)
     lim->timeout = timeout;
     lim->deadline = timeout > 0 ? mt_mono_now() + timeout : 0;
     lim->mem_enforced = lim->owned_alloc && lim->mem_limit > 0;
-    if (lim->deadline > 0 || lim->abort != NULL) {
+    lim->armed = true;
+    lua_Hook h = lua_gethook(L);
+    lim->restore = h != deadline_hook;
+    if (lim->restore) {
+        lim->saved_hook = h;
+        lim->saved_mask = lua_gethookmask(L);
+        lim->saved_count = lua_gethookcount(L);
+    }
+    if (lim->deadline > 0 || lim->abort != NULL || !lim->restore) {
         lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_COUNT);
     }
 }
@@ -195,7 +220,12 @@ void mt_host_disarm(lua_State *L)
     mt_limits *lim = mt_host_limits(L);
     lim->mem_enforced = false;
     lim->deadline = 0;
-    lua_sethook(L, NULL, 0, 0);
+    lim->armed = false;
+    if (lim->restore) {
+        lua_sethook(L, lim->saved_hook, lim->saved_mask, lim->saved_count);
+    } else {
+        lua_sethook(L, deadline_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    }
 }
 
 // Message handler: turns any error value into text, records a traceback,

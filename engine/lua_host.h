@@ -25,9 +25,13 @@ typedef struct mt_limits {
     bool owned_alloc;         // the state uses mt_host's allocator
     double deadline;          // monotonic seconds; 0 = none
     double timeout;           // the task's timeout, for the message
+    bool armed;               // a task is running under these limits
     bool fired;               // deadline or abort passed while the task ran
     bool aborted;             // fired because of *abort (shutdown)
     const atomic_int *abort;  // set by the engine on forced shutdown; may be NULL
+    lua_Hook saved_hook;      // a foreign hook replaced while a task runs
+    int saved_mask, saved_count;
+    bool restore;
 } mt_limits;
 
 // A new state with our allocator, standard libraries, package.path and
@@ -43,8 +47,14 @@ mt_limits *mt_host_limits(lua_State *L);
 // package.preload. [-0, +0, m]
 void mt_host_preload(lua_State *L);
 
+// Installs the deadline hook on L when L has no hook, so that coroutines
+// created from L (e.g. by a task script at load time) inherit it. The hook
+// does nothing while no task is armed. [-0, +0, -]
+void mt_host_install_hook(lua_State *L);
+
 // Arms the deadline (timeout <= 0: none) and the memory cap for one task
-// call, and installs the count hook; disarm restores normal running.
+// call on thread L, installing the hook (a foreign hook is saved); disarm
+// restores it.
 void mt_host_arm(lua_State *L, double timeout);
 void mt_host_disarm(lua_State *L);
 

@@ -204,6 +204,12 @@ static void push_redacted_value(lua_State *L, int ctx, int idx, int seen, int de
 static void push_extras_json(lua_State *L, int ctx, int idx)
 {
     idx = lua_absindex(L, idx);
+    lua_pushnil(L);
+    if (lua_next(L, idx) == 0) {
+        lua_pushliteral(L, "{}");  // an empty table is an empty object, not []
+        return;
+    }
+    lua_pop(L, 2);
     if (ctx != 0) {
         lua_newtable(L);                                     // seen
         push_redacted_value(L, ctx, idx, lua_gettop(L), 0);  // seen copy
@@ -450,6 +456,8 @@ static void run_task(lua_State *L, mt_engine *e, const mt_task *row)
     if (lim->abort != NULL && atomic_load(lim->abort)) {
         // Shutting down: a claimed task that never started goes back as it was.
         push_result(L, e, ctx, MT_PENDING, NULL, row->run_at);
+        lua_pushboolean(L, 1);
+        lua_setfield(L, -2, "unclaim");
         goto done;
     }
     mt_engine_push_tasks(L);  // ctx tasks
@@ -544,6 +552,9 @@ static void fill_outcome(lua_State *L, int idx, const mt_task *row, mt_outcome *
     lua_getfield(L, idx, "traceback");
     out->traceback = lua_tostring(L, -1);
     lua_pop(L, 4);
+    lua_getfield(L, idx, "unclaim");
+    out->unclaim = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     out->id = row->id;
     out->finished_at = now;
     lua_getfield(L, idx, "logs");  // logs
@@ -569,8 +580,12 @@ static void fill_outcome(lua_State *L, int idx, const mt_task *row, mt_outcome *
     out->nlogs = n;
 }
 
-static void count_outcome(mt_engine *e, int status)
+static void count_outcome(mt_engine *e, const mt_outcome *o)
 {
+    int status = o->status;
+    if (o->unclaim) {
+        return;
+    }
     if (status == MT_SUCCESS) {
         e->stats.succeeded++;
     } else if (status == MT_PENDING) {
@@ -612,15 +627,14 @@ static int batch_body(lua_State *L)
     }
     b->rc = mt_store_finish(e->store, outs, n, b->err);
     for (size_t i = 0; b->rc == MT_OK && i < n; i++) {
-        count_outcome(e, outs[i].status);
+        count_outcome(e, &outs[i]);
     }
     lua_settop(L, 1);
     return 1;
 }
 
-int mt_engine_run_batch_lua(mt_engine *e, size_t max, size_t *ran, mt_err *err)
+int mt_engine_run_batch_lua(lua_State *L, mt_engine *e, size_t max, size_t *ran, mt_err *err)
 {
-    lua_State *L = e->L;
     batch b = {.e = e, .max = max ? max : 1, .err = err};
     lua_pushcfunction(L, batch_body);
     lua_pushlightuserdata(L, &b);
@@ -637,7 +651,7 @@ int mt_engine_run_batch_lua(mt_engine *e, size_t max, size_t *ran, mt_err *err)
 
 int mt_engine_run_batch(mt_engine *e, size_t max, size_t *ran, mt_err *err)
 {
-    int rc = mt_engine_run_batch_lua(e, max, ran, err);
+    int rc = mt_engine_run_batch_lua(e->L, e, max, ran, err);
     lua_pop(e->L, 1);
     return rc;
 }

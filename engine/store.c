@@ -95,6 +95,8 @@ enum {
     S_INSERT,
     S_CLAIM,
     S_FINISH,
+    S_UNCLAIM,
+    S_WAITING,
     S_FIND,
     S_LOG_ADD,
     S_GET,
@@ -130,6 +132,13 @@ static const char *const stmt_sql[NSTMT] = {
                 " RETURNING " TASK_COLS,
     [S_FINISH] = "UPDATE tasks SET status = ?2, finished_at = ?3, run_at = coalesce(?4, run_at),"
                  " error = ?5, traceback = ?6 WHERE id = ?1 AND status = 1",
+    // Gives back a claimed task that never started, as if it was never claimed.
+    [S_UNCLAIM] = "UPDATE tasks SET status = 0, attempts = attempts - 1, owner = NULL,"
+                  " started_at = CASE WHEN attempts = 1 THEN NULL ELSE started_at END"
+                  " WHERE id = ?1 AND status = 1",
+    // PENDING tasks that --drain must wait for: due now, or waiting for a retry.
+    [S_WAITING] = "SELECT count(*) FROM tasks INDEXED BY tasks_due WHERE status = 0"
+                  " AND (run_at <= ?1 OR attempts > retry_base)",
     [S_FIND] = "SELECT seq, status FROM tasks WHERE id = ?1",
     [S_LOG_ADD] = "INSERT INTO task_logs (task_seq, attempt, time, level, message, extras)"
                   " VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -765,8 +774,20 @@ static int insert_logs(mt_store *st, int64_t seq, const mt_log_entry *logs, size
     return ret;
 }
 
+static int unclaim_one(mt_store *st, const mt_outcome *o, mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[S_UNCLAIM];
+    if (sqlite3_bind_text(s, 1, o->id, -1, SQLITE_STATIC) != SQLITE_OK) {
+        return bind_err(st, "give back an unstarted task", err);
+    }
+    return run(st, s, "give back an unstarted task", err);
+}
+
 static int finish_one(mt_store *st, const mt_outcome *o, mt_err *err)
 {
+    if (o->unclaim) {
+        return unclaim_one(st, o, err);
+    }
     sqlite3_stmt *s = st->stmt[S_FINISH];
     bool retry = o->status == MT_PENDING;
     // A retry keeps finished_at NULL and moves run_at; a final status stamps
@@ -1191,6 +1212,20 @@ int mt_store_next_run_at(mt_store *st, double *at, bool *any, mt_err *err)
     *at = 0;
     int ret = aggregate(st, S_NEXT, &i, at, &isnull, "find the next due task", err);
     *any = ret == MT_OK && !isnull;
+    return ret;
+}
+
+int mt_store_count_waiting(mt_store *st, double now, int64_t *n, mt_err *err)
+{
+    sqlite3_int64 i = 0;
+    double d = 0;
+    bool isnull = true;
+    *n = 0;
+    if (sqlite3_bind_double(st->stmt[S_WAITING], 1, now) != SQLITE_OK) {
+        return bind_err(st, "count waiting tasks", err);
+    }
+    int ret = aggregate(st, S_WAITING, &i, &d, &isnull, "count waiting tasks", err);
+    *n = ret == MT_OK ? i : 0;
     return ret;
 }
 

@@ -112,6 +112,7 @@ typedef struct mt_outcome {
     const char *traceback;  // NULL on success
     const mt_log_entry *logs;
     size_t nlogs;
+    bool unclaim;  // never started: back to PENDING, attempts - 1 (status ignored)
 } mt_outcome;
 
 // Records n outcomes and their logs in one transaction. Only a task still
@@ -173,6 +174,10 @@ int mt_store_counts(mt_store *st, int64_t counts[MT_NSTATUS], mt_err *err);
 
 // Earliest run_at among PENDING tasks; *any = false when there are none.
 int mt_store_next_run_at(mt_store *st, double *at, bool *any, mt_err *err);
+
+// PENDING tasks due at `now` or waiting for a retry (what `run --drain`
+// waits for; a first run scheduled for later does not count).
+int mt_store_count_waiting(mt_store *st, double now, int64_t *n, mt_err *err);
 
 // Tasks that may still run (not SUCCESS) whose arguments are encrypted.
 int mt_store_count_encrypted(mt_store *st, int64_t *n, mt_err *err);

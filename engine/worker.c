@@ -60,7 +60,8 @@ static void sleep_for(double s)
     nanosleep(&ts, NULL);
 }
 
-// Whether --drain is finished: nothing pending and nobody running a batch,
+// Whether --drain is finished: nothing runnable or waiting for a retry, and
+// nobody running a batch,
 // with no batch started while we looked.
 static bool drained(pool *p, mt_store *st)
 {
@@ -68,11 +69,11 @@ static bool drained(pool *p, mt_store *st)
     if (atomic_load(&p->busy) != 0) {
         return false;
     }
-    int64_t c[MT_NSTATUS];
-    if (mt_store_counts(st, c, NULL) != MT_OK) {
+    int64_t waiting = 0;
+    if (mt_store_count_waiting(st, mt_wall_now(), &waiting, NULL) != MT_OK) {
         return false;
     }
-    return c[MT_PENDING] == 0 && atomic_load(&p->busy) == 0 && atomic_load(&p->gen) == g1;
+    return waiting == 0 && atomic_load(&p->busy) == 0 && atomic_load(&p->gen) == g1;
 }
 
 // How long an idle worker sleeps: until the next retry is due, at most one

@@ -168,8 +168,17 @@ function commands.list(args, cfgpath)
   if flags["--limit"] and (not limit or limit < 1) then
     return err(2, "--limit must be a whole number >= 1")
   end
+  local status = flags["--status"]
+  if status then
+    status = status:upper()
+    local known = { PENDING = 1, RUNNING = 1, SUCCESS = 1, FAILED = 1, INTERRUPTED = 1 }
+    if not known[status] then
+      return err(2, "unknown status '%s' for --status (use PENDING, RUNNING, SUCCESS, FAILED or "
+        .. "INTERRUPTED)", flags["--status"])
+    end
+  end
   return with_engine(cfgpath, false, function(e)
-    local rows, msg = e:tasks { status = flags["--status"], task = flags["--task"], limit = limit }
+    local rows, msg = e:tasks { status = status, task = flags["--task"], limit = limit }
     if not rows then return err(1, "%s", msg) end
     if flags["--json"] then
       io.write(out.tasks_json(rows), "\n")

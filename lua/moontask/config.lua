@@ -93,8 +93,9 @@ local function check_type(where, key, value, kind)
       number = "a number >= 0", fraction = "a number from 0 to 1",
       level = "one of debug, info, warning, error",
     }
-    fail(where, "key '%s' must be %s (got %s %s)", key, wants[kind] or ("a " .. kind),
-      type(value), type(value) == "string" and "" or tostring(value))
+    local got = type(value)
+    if type(value) ~= "string" and type(value) ~= "table" then got = got .. " " .. tostring(value) end
+    fail(where, "key '%s' must be %s (got %s)", key, wants[kind] or ("a " .. kind), got)
   end
 end
 
@@ -231,7 +232,12 @@ function M.normalize(t, where, base, extra_keys)
   if t.log ~= nil then
     check_table(where, "log", t.log, LOG_KEYS)
     for k, v in pairs(t.log) do s.log[k] = v end
-    if s.log.file then s.log.file = resolve(base, s.log.file) end
+    if s.log.file then
+      s.log.file = resolve(base, s.log.file)
+      local f, ferr = io.open(s.log.file, "a")
+      if not f then fail(where, "log.file: cannot open %s for appending (%s)", s.log.file, ferr) end
+      f:close()
+    end
     s.log.level = s.log.level:lower()
   end
   if t.durability ~= nil and t.durability ~= "normal" and t.durability ~= "full" then
