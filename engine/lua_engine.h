@@ -54,6 +54,12 @@ mt_engine_stats mt_engine_get_stats(const mt_engine *e);
 // failures are outcomes, not errors.
 int mt_engine_run_batch(mt_engine *e, size_t max, size_t *ran, mt_err *err);
 
+// Runs n rows claimed by someone else (the dispatcher of `moontask run`)
+// in the engine's state. Takes ownership of the rows (they are cleared).
+// *outs receives a deep copy of the n outcomes for the caller to commit
+// (caller frees with free()); nothing is written to the store.
+int mt_engine_run_rows(mt_engine *e, mt_task *rows, size_t n, mt_outcome **outs, mt_err *err);
+
 // A worker engine with its own lua_State (created with mt_host_newstate)
 // and its own store connection, with the task scripts loaded. Script
 // errors come back as MT_EINVAL naming the script. Free with

@@ -22,6 +22,7 @@
 #include "lua_args.h"
 #include "lua_engine_int.h"
 #include "lua_host.h"
+#include "outcome.h"
 
 static const char CONTEXT_KEY = 'X';
 static const char ROWS_MT = 'R';
@@ -341,8 +342,10 @@ static void log_failure(lua_State *L, mt_engine *e, int ctx, int status, const c
     lua_Integer attempt = lua_tointeger(L, -1);
     lua_pop(L, 1);
     if (status == MT_PENDING) {
-        lua_pushfstring(L, "attempt %I failed, retrying in %f s: %s", attempt,
-                        (lua_Number)(run_at - mt_engine_now(e)), error);
+        double wait = run_at - mt_engine_now(e);
+        char secs[32];
+        snprintf(secs, sizeof secs, "%.3g", wait > 0 ? wait : 0.0);
+        lua_pushfstring(L, "attempt %I failed, retrying in %s s: %s", attempt, secs, error);
     } else if (status == MT_INTERRUPTED) {
         lua_pushfstring(L, "attempt %I interrupted: %s", attempt, error);
     } else {
@@ -538,6 +541,8 @@ typedef struct batch {
     size_t ran;
     int rc;
     mt_err *err;
+    mt_task *given;     // rows handed in by the caller instead of claimed here
+    mt_outcome *copy;   // with given rows: deep copy of the outcomes, not stored
 } batch;
 
 // Fills out from the outcome table at idx; strings stay owned by it.
@@ -601,7 +606,14 @@ static int batch_body(lua_State *L)
     mt_engine *e = b->e;
     rows_ud *r = push_rows(L, b->max);  // b rows
     size_t n = 0;
-    b->rc = mt_store_claim(e->store, mt_engine_now(e), e->owner, r->rows, b->max, &n, b->err);
+    if (b->given != NULL) {
+        // From here the rows belong to Lua (rows_gc), whatever happens.
+        memcpy(r->rows, b->given, b->max * sizeof(mt_task));
+        memset(b->given, 0, b->max * sizeof(mt_task));
+        n = b->max;
+    } else {
+        b->rc = mt_store_claim(e->store, mt_engine_now(e), e->owner, r->rows, b->max, &n, b->err);
+    }
     if (b->rc != MT_OK || n == 0) {
         lua_pushnil(L);
         return 1;
@@ -625,12 +637,38 @@ static int batch_body(lua_State *L)
         fill_outcome(L, lua_gettop(L), &r->rows[i], &outs[i], now);
         lua_pop(L, 1);
     }
-    b->rc = mt_store_finish(e->store, outs, n, b->err);
+    if (b->given != NULL) {
+        b->copy = mt_outcomes_dup(outs, n);
+        if (b->copy == NULL) {
+            b->rc = mt_err_set(b->err, MT_ENOMEM, "out of memory recording task results");
+        }
+    } else {
+        b->rc = mt_store_finish(e->store, outs, n, b->err);
+    }
     for (size_t i = 0; b->rc == MT_OK && i < n; i++) {
         count_outcome(e, &outs[i]);
     }
     lua_settop(L, 1);
     return 1;
+}
+
+int mt_engine_run_rows(mt_engine *e, mt_task *rows, size_t n, mt_outcome **outs, mt_err *err)
+{
+    lua_State *L = e->L;
+    batch b = {.e = e, .max = n, .err = err, .given = rows};
+    *outs = NULL;
+    lua_pushcfunction(L, batch_body);
+    lua_pushlightuserdata(L, &b);
+    if (mt_host_pcall(L, 1, 1) != LUA_OK) {
+        b.rc =
+            mt_err_set(err, MT_ENOMEM, "engine error while running tasks: %s", lua_tostring(L, -1));
+    }
+    lua_pop(L, 1);
+    for (size_t i = 0; i < n; i++) {
+        mt_task_clear(&rows[i]);  // only rows never handed to Lua still hold anything
+    }
+    *outs = b.copy;
+    return b.rc;
 }
 
 int mt_engine_run_batch_lua(lua_State *L, mt_engine *e, size_t max, size_t *ran, mt_err *err)

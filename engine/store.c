@@ -694,44 +694,6 @@ static int claim_rows(mt_store *st, double now, const char *owner, claimed *c, s
     return ret;
 }
 
-int mt_store_claim(mt_store *st, double now, const char *owner, mt_task *rows, size_t max,
-                   size_t *n, mt_err *err)
-{
-    *n = 0;
-    if (owner == NULL || (rows == NULL && max > 0)) {
-        return mt_err_set(err, MT_EINVAL, "claim needs an owner and a row array");
-    }
-    if (max == 0) {
-        return MT_OK;
-    }
-    claimed *c = max <= SIZE_MAX / sizeof *c ? malloc(max * sizeof *c) : NULL;
-    if (c == NULL) {
-        return mt_err_set(err, MT_ENOMEM, "out of memory claiming %zu tasks", max);
-    }
-    size_t got = 0;
-    int ret = begin(st, "claim tasks", err);
-    if (ret == MT_OK) {
-        ret = claim_rows(st, now, owner, c, max, &got, err);
-    }
-    if (ret == MT_OK) {
-        ret = commit(st, "claim tasks", err);
-    }
-    if (ret != MT_OK) {
-        rollback(st);
-        for (size_t i = 0; i < got; i++) {
-            mt_task_clear(&c[i].t);
-        }
-        got = 0;
-    }
-    qsort(c, got, sizeof *c, claimed_cmp);
-    for (size_t i = 0; i < got; i++) {
-        rows[i] = c[i].t;
-    }
-    *n = got;
-    free(c);
-    return ret;
-}
-
 // Looks a task up by id; *found says whether it exists (no error if not).
 static int find_task(mt_store *st, const char *id, int64_t *seq, int *status, bool *found,
                      mt_err *err)
@@ -820,7 +782,7 @@ static int finish_one(mt_store *st, const mt_outcome *o, mt_err *err)
     return ret;
 }
 
-int mt_store_finish(mt_store *st, const mt_outcome *outs, size_t n, mt_err *err)
+static int check_outcomes(const mt_outcome *outs, size_t n, mt_err *err)
 {
     for (size_t i = 0; i < n; i++) {
         const mt_outcome *o = &outs[i];
@@ -830,20 +792,71 @@ int mt_store_finish(mt_store *st, const mt_outcome *outs, size_t n, mt_err *err)
                               o->id != NULL ? o->id : "(no id)");
         }
     }
-    if (n == 0) {
-        return MT_OK;
+    return MT_OK;
+}
+
+int mt_store_finish_claim(mt_store *st, const mt_outcome *outs, size_t nouts, double now,
+                          const char *owner, mt_task *rows, size_t max, size_t *n, mt_err *err)
+{
+    if (n != NULL) {
+        *n = 0;
     }
-    int ret = begin(st, "record task results", err);
-    for (size_t i = 0; ret == MT_OK && i < n; i++) {
+    if (max > 0 && (owner == NULL || rows == NULL || n == NULL)) {
+        return mt_err_set(err, MT_EINVAL, "claim needs an owner and a row array");
+    }
+    int ret = check_outcomes(outs, nouts, err);
+    if (ret != MT_OK || (nouts == 0 && max == 0)) {
+        return ret;
+    }
+    claimed *c = NULL;
+    if (max > 0) {
+        c = max <= SIZE_MAX / sizeof *c ? malloc(max * sizeof *c) : NULL;
+        if (c == NULL) {
+            return mt_err_set(err, MT_ENOMEM, "out of memory claiming %zu tasks", max);
+        }
+    }
+    size_t got = 0;
+    ret = begin(st, "record results and claim tasks", err);
+    for (size_t i = 0; ret == MT_OK && i < nouts; i++) {
         ret = finish_one(st, &outs[i], err);
     }
+    if (ret == MT_OK && max > 0) {
+        ret = claim_rows(st, now, owner, c, max, &got, err);
+    }
     if (ret == MT_OK) {
-        ret = commit(st, "record task results", err);
+        ret = commit(st, "record results and claim tasks", err);
     }
     if (ret != MT_OK) {
         rollback(st);
+        for (size_t i = 0; i < got; i++) {
+            mt_task_clear(&c[i].t);
+        }
+        got = 0;
     }
+    if (got > 0) {
+        qsort(c, got, sizeof *c, claimed_cmp);
+        for (size_t i = 0; i < got; i++) {
+            rows[i] = c[i].t;
+        }
+        *n = got;
+    }
+    free(c);
     return ret;
+}
+
+int mt_store_claim(mt_store *st, double now, const char *owner, mt_task *rows, size_t max,
+                   size_t *n, mt_err *err)
+{
+    if (owner == NULL || (rows == NULL && max > 0)) {
+        *n = 0;
+        return mt_err_set(err, MT_EINVAL, "claim needs an owner and a row array");
+    }
+    return mt_store_finish_claim(st, NULL, 0, now, owner, rows, max, n, err);
+}
+
+int mt_store_finish(mt_store *st, const mt_outcome *outs, size_t n, mt_err *err)
+{
+    return mt_store_finish_claim(st, outs, n, 0, NULL, NULL, 0, NULL, err);
 }
 
 int mt_store_add_logs(mt_store *st, const char *id, const mt_log_entry *logs, size_t n, mt_err *err)

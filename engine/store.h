@@ -120,6 +120,12 @@ typedef struct mt_outcome {
 // its state); logs are always kept.
 int mt_store_finish(mt_store *st, const mt_outcome *outs, size_t n, mt_err *err);
 
+// Records nouts outcomes, then claims up to max due tasks (as
+// mt_store_claim), in one transaction: the group commit of `moontask run`.
+// On failure nothing is recorded or claimed.
+int mt_store_finish_claim(mt_store *st, const mt_outcome *outs, size_t nouts, double now,
+                          const char *owner, mt_task *rows, size_t max, size_t *n, mt_err *err);
+
 // Appends log entries of one task outside a completion.
 int mt_store_add_logs(mt_store *st, const char *id, const mt_log_entry *logs, size_t n,
                       mt_err *err);
