@@ -541,8 +541,8 @@ typedef struct batch {
     size_t ran;
     int rc;
     mt_err *err;
-    mt_task *given;     // rows handed in by the caller instead of claimed here
-    mt_outcome *copy;   // with given rows: deep copy of the outcomes, not stored
+    mt_task *given;    // rows handed in by the caller instead of claimed here
+    mt_outcome *copy;  // with given rows: deep copy of the outcomes, not stored
 } batch;
 
 // Fills out from the outcome table at idx; strings stay owned by it.
@@ -561,6 +561,7 @@ static void fill_outcome(lua_State *L, int idx, const mt_task *row, mt_outcome *
     out->unclaim = lua_toboolean(L, -1);
     lua_pop(L, 1);
     out->id = row->id;
+    out->seq = row->seq;
     out->finished_at = now;
     lua_getfield(L, idx, "logs");  // logs
     size_t n = lua_rawlen(L, -1);

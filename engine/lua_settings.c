@@ -107,7 +107,7 @@ void mt_api_settings(lua_State *L, int idx, mt_settings *s)
     s->workers = (int)num_field(L, idx, "workers", 1, 1);
     s->poll_interval = num_field(L, idx, "poll_interval", 0.5, 0.001);
     s->shutdown_grace = num_field(L, idx, "shutdown_grace", 10, 0);
-    s->batch = (size_t)num_field(L, idx, "batch", 16, 1);
+    s->batch = (size_t)num_field(L, idx, "batch", 256, 1);
     lua_getfield(L, idx, "readonly");
     s->cfg.store.readonly = lua_toboolean(L, -1);
     lua_pop(L, 1);

@@ -2,11 +2,11 @@
  * outcome: one-allocation deep copies of outcomes; see outcome.h.
  */
 // SPDX-License-Identifier: MIT
+#include "outcome.h"
+
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-
-#include "outcome.h"
 
 static size_t str_size(const char *s)
 {

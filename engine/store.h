@@ -64,6 +64,7 @@ typedef struct mt_task_new {
 // A stored task. Caller-allocated; strings and payload owned by the struct,
 // released by mt_task_clear (safe on a zeroed struct, safe twice).
 typedef struct mt_task {
+    int64_t seq;  // row number (insertion order)
     char id[37];
     char *task;
     int status;
@@ -105,7 +106,8 @@ typedef struct mt_log_entry {
 // What happened to one claimed task. Borrowed.
 typedef struct mt_outcome {
     const char *id;
-    int status;  // MT_SUCCESS, MT_FAILED, MT_PENDING (retry) or MT_INTERRUPTED
+    int64_t seq;  // the task's seq when known (faster than by id), else 0
+    int status;   // MT_SUCCESS, MT_FAILED, MT_PENDING (retry) or MT_INTERRUPTED
     double finished_at;
     double run_at;          // the retry time when status is MT_PENDING
     const char *error;      // NULL on success

@@ -56,6 +56,7 @@ typedef struct pool {
     int running;  // workers running a task
     bool stop_claims;
     bool all_idle_seen;  // the last round saw every worker idle (for --drain)
+    size_t target;       // ready-queue size the dispatcher aims for (adaptive)
     bool finished;       // the dispatcher is done: workers exit
     atomic_int abort;
     atomic_int engine_errors;
@@ -236,7 +237,7 @@ typedef struct round {
 // only a signal wakes it); takes the work for one round.
 static round next_round(pool *p, double wake_at)
 {
-    size_t target = p->s.batch;
+    size_t target = p->target;
     for (;;) {
         bool timed_out = wake_at > 0 && mt_wall_now() >= wake_at;
         bool feed = !p->stop_claims && wake_at == 0 && p->idle > 0 && p->nready == 0;
@@ -298,11 +299,35 @@ static double next_wake(pool *p)
     return wake;
 }
 
+// Sizes the ready queue to about 5 ms of work at the recent completion
+// rate, between one task per worker and `batch`: fast tasks get big group
+// commits, while slow tasks are not claimed long before a worker is free
+// (claimed tasks that never started are INTERRUPTED after a crash).
+static void adapt_target(pool *p, size_t completed, double *window_start, size_t *window_n)
+{
+    *window_n += completed;
+    double now = mt_mono_now();
+    double span = now - *window_start;
+    if (span < 0.05) {
+        return;
+    }
+    double rate = (double)*window_n / span;
+    size_t t = (size_t)(rate * 0.005);
+    size_t lo = (size_t)p->nworkers, hi = p->s.batch;
+    t = t < lo ? lo : t > hi ? hi : t;
+    pthread_mutex_lock(&p->mu);
+    p->target = t;
+    pthread_mutex_unlock(&p->mu);
+    *window_start = now;
+    *window_n = 0;
+}
+
 static void *dispatcher_main(void *arg)
 {
     pool *p = arg;
     mt_task *rows = calloc(p->s.batch, sizeof *rows);
-    double wake_at = 0;
+    double wake_at = 0, window_start = mt_mono_now();
+    size_t window_n = 0;
     int failures = 0;
     pthread_mutex_lock(&p->mu);
     while (rows != NULL) {
@@ -342,6 +367,7 @@ static void *dispatcher_main(void *arg)
         }
         failures = 0;
         free_done(r.done);
+        adapt_target(p, nouts, &window_start, &window_n);
         bool nothing_due = r.want > 0 && got == 0;
         if (nothing_due) {
             wake_at = next_wake(p);
@@ -571,6 +597,7 @@ int mt_api_run(lua_State *L)
     memset(ws, 0, (size_t)p->nworkers * sizeof *ws);
     char *owner = mt_owner_self();  // from here on: C only, no Lua errors
     p->owner = owner;
+    p->target = (size_t)p->nworkers < p->s.batch ? (size_t)p->nworkers : p->s.batch;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->work_cv, NULL);
     pthread_cond_init(&p->store_cv, NULL);
