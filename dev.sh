@@ -35,7 +35,7 @@ build() {  # build DIR [cmake options...]
 
 lint() {
   echo "== lint: clang-format, module boundaries, luacheck"
-  clang-format --dry-run --Werror engine/*.c engine/*.h tests/c/*.c tests/c/*.h bench/*.c
+  clang-format --dry-run --Werror engine/*.[ch] tests/c/*.[ch] bench/*.[ch]
   # Only lua_*.c know Lua; only fernet.c knows OpenSSL; only store.c knows SQLite.
   local bad
   bad=$(grep -l -E '#include <(lua|lauxlib|lualib)\.h>' engine/*.[ch] | grep -v -E 'engine/(lua_[a-z_]*\.[ch]|worker\.c|main\.c)$' || true)
