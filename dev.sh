@@ -10,7 +10,8 @@ cd "$(dirname "$0")"
 ROOT=$(pwd)
 
 PACKAGES=(cmake make gcc pkg-config liblua5.4-dev lua5.4 lua-busted libssl-dev libsqlite3-dev
-  libmsgpack-dev libjansson-dev python3-cryptography clang-format lua-check lua-luaossl)
+  libmsgpack-dev libjansson-dev python3-cryptography clang-format lua-check lua-luaossl sqlite3
+  lua-cjson lua-socket)
 
 ensure_packages() {
   local missing=() p
