@@ -19,9 +19,11 @@
 #include "fernet.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <string.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -205,15 +207,60 @@ static int ossl_fail(mt_err *err, const char *what)
     return rc;
 }
 
+// OpenSSL 3 looks an algorithm up by name on every implicit use (EVP_Q_mac,
+// EVP_aes_128_cbc()): fetched once here, that cost leaves the per-task path.
+// Process-lifetime objects, shared read-only by all threads.
+static EVP_MAC_CTX *hmac_template;  // HMAC with SHA-256 chosen, no key yet
+static EVP_CIPHER *aes_cbc;
+static pthread_once_t fetch_once = PTHREAD_ONCE_INIT;
+
+static void fetch_algorithms(void)
+{
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *ctx = mac != NULL ? EVP_MAC_CTX_new(mac) : NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end(),
+    };
+    if (ctx != NULL && EVP_MAC_CTX_set_params(ctx, params) == 1) {
+        hmac_template = ctx;
+    } else {
+        EVP_MAC_CTX_free(ctx);
+    }
+    EVP_MAC_free(mac);  // the context keeps its own reference
+    aes_cbc = EVP_CIPHER_fetch(NULL, "AES-128-CBC", NULL);
+    ERR_clear_error();  // a failed fetch falls back to the implicit path below
+}
+
 static int hmac_sha256(const uint8_t signing[16], const uint8_t *p, size_t n, uint8_t mac[MAC_LEN])
 {
     size_t got = 0;
-    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, signing, 16, p, n, mac, MAC_LEN, &got) ==
-            NULL ||
-        got != MAC_LEN) {
-        return MT_ECRYPTO;
+    pthread_once(&fetch_once, fetch_algorithms);
+    if (hmac_template == NULL) {
+        if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, signing, 16, p, n, mac, MAC_LEN, &got) ==
+                NULL ||
+            got != MAC_LEN) {
+            return MT_ECRYPTO;
+        }
+        return MT_OK;
     }
-    return MT_OK;
+    int rc = MT_ECRYPTO;
+    EVP_MAC_CTX *ctx = EVP_MAC_CTX_dup(hmac_template);
+    if (ctx == NULL || EVP_MAC_init(ctx, signing, 16, NULL) != 1) {
+        goto out;
+    }
+    for (size_t i = 0; i < n; i += EVP_STEP) {
+        size_t step = n - i < EVP_STEP ? n - i : EVP_STEP;
+        if (EVP_MAC_update(ctx, p + i, step) != 1) {
+            goto out;
+        }
+    }
+    if (EVP_MAC_final(ctx, mac, &got, MAC_LEN) == 1 && got == MAC_LEN) {
+        rc = MT_OK;
+    }
+out:
+    EVP_MAC_CTX_free(ctx);  // also wipes the keyed state
+    return rc;
 }
 
 // AES-128-CBC over n bytes into out, which must have room for n + BLOCK.
@@ -230,7 +277,9 @@ static int cbc(const uint8_t key[16], const uint8_t iv[IV_LEN], int enc, const u
     if (ctx == NULL) {
         goto out;
     }
-    if (EVP_CipherInit_ex2(ctx, EVP_aes_128_cbc(), key, iv, enc, NULL) != 1) {
+    pthread_once(&fetch_once, fetch_algorithms);
+    if (EVP_CipherInit_ex2(ctx, aes_cbc != NULL ? aes_cbc : EVP_aes_128_cbc(), key, iv, enc,
+                           NULL) != 1) {
         goto out;
     }
     if (!enc && EVP_CIPHER_CTX_set_padding(ctx, 0) != 1) {
