@@ -32,8 +32,8 @@
 
 // ---- Encoding: Lua values -> wire bytes ----
 
-// Longest stretch of an odd string key quoted in an error path: enough to
-// recognise it, not enough to leak a secret someone used as a key.
+// Longest field name shown in an error path; longer or odd string keys are
+// not shown at all (a key can be a secret).
 #define KEY_SHOWN 32
 
 typedef struct enc {
@@ -70,34 +70,7 @@ static bool is_ident(const char *s, size_t n)
     return true;
 }
 
-// ["odd key"]: printable ASCII and valid UTF-8 as is, other bytes as \xNN.
-static void add_quoted(luaL_Buffer *b, const char *s, size_t n)
-{
-    bool utf8 = mt_utf8_valid((const uint8_t *)s, n);
-    luaL_addstring(b, "[\"");
-    size_t i = 0;
-    while (i < n && i < KEY_SHOWN) {
-        unsigned char c = (unsigned char)s[i];
-        size_t k = 1;
-        if (c >= 0x80 && utf8) {
-            k = mt_utf8_seq((const uint8_t *)s + i, n - i);
-            luaL_addlstring(b, s + i, k);
-        } else if (c == '"' || c == '\\') {
-            luaL_addchar(b, '\\');
-            luaL_addchar(b, (char)c);
-        } else if (c < 0x20 || c >= 0x7f) {
-            char hex[8];
-            snprintf(hex, sizeof hex, "\\x%02x", c);
-            luaL_addstring(b, hex);
-        } else {
-            luaL_addchar(b, (char)c);
-        }
-        i += k;
-    }
-    luaL_addstring(b, i < n ? "...\"]" : "\"]");
-}
-
-// Pushes the text of the path keys[0..plen): card.items[3]["odd key"].
+// Pushes the text of the path keys[0..plen): card.items[3][<string key>].
 // Keys are read where lua_next left them, never converted in place.
 // [-0, +1, m]
 static void push_path(lua_State *L, const enc *e, int plen)
@@ -111,13 +84,15 @@ static void push_path(lua_State *L, const enc *e, int plen)
         switch (lua_type(L, k)) {
         case LUA_TSTRING:
             s = lua_tolstring(L, k, &n);
-            if (is_ident(s, n)) {
+            if (is_ident(s, n) && n <= KEY_SHOWN) {
                 if (i > 0) {
                     luaL_addchar(&b, '.');
                 }
                 luaL_addlstring(&b, s, n);
             } else {
-                add_quoted(&b, s, n);
+                // Arguments may be secret (and are encrypted at rest): a key that
+                // does not look like a field name is not quoted in a message.
+                luaL_addstring(&b, "[<string key>]");
             }
             break;
         case LUA_TNUMBER:

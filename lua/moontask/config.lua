@@ -277,7 +277,12 @@ function M.load(path)
     f:close()
     local cenv = setmetatable({ env = env }, { __index = _G })
     local chunk, err = loadfile(path, "t", cenv)
-    if not chunk then error({ moontask_config = true, msg = err }, 0) end
+    if not chunk then
+      -- Lua quotes the offending source text ("near '...'"), which can be an
+      -- inline key: keep the file, line and kind of error only.
+      err = tostring(err):gsub("%s+near%s.*$", "")
+      error({ moontask_config = true, msg = err .. " (syntax error)" }, 0)
+    end
     local ok, t = pcall(chunk)
     if not ok then
       error({ moontask_config = true, msg = tostring(t) }, 0)

@@ -11,7 +11,29 @@
 -- exit, failed specs included), with a virtual clock: e:advance(seconds)
 -- makes delayed retries due without sleeping. Tasks run inside the spec's
 -- own Lua state, so spies, stubs and upvalues work inside task bodies.
-local moontask = require "moontask"
+-- The C module. In a project folder, `require "moontask"` through the
+-- default "./?.lua" path entry would find the project's own config file
+-- (moontask.lua) first, so look the module up on package.cpath explicitly
+-- and make it what every later `require "moontask"` (task scripts, specs)
+-- returns.
+local function load_module()
+  local loaded = package.loaded.moontask
+  if type(loaded) == "table" and type(loaded.task) == "function" then return loaded end
+  local preload = package.preload.moontask  -- the `moontask lua` binary has it built in
+  local mod
+  if preload then
+    mod = preload("moontask")
+  else
+    local path, err = package.searchpath("moontask", package.cpath)
+    if not path then error("moontask.testing: cannot find the moontask C module:" .. err, 3) end
+    local open = assert(package.loadlib(path, "luaopen_moontask"))
+    mod = open("moontask", path)
+  end
+  package.loaded.moontask = mod
+  return mod
+end
+
+local moontask = load_module()
 
 local M = {}
 
