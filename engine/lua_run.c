@@ -632,6 +632,7 @@ static int batch_body(lua_State *L)
     }
     lua_replace(L, 1);                                             // ids rows results
     mt_outcome *outs = lua_newuserdatauv(L, n * sizeof *outs, 0);  // b rows results outs
+    memset(outs, 0, n * sizeof *outs);
     double now = mt_engine_now(e);
     for (size_t i = 0; i < n; i++) {
         lua_rawgeti(L, 3, (lua_Integer)i + 1);

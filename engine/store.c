@@ -59,6 +59,10 @@ static const char version_sql[] = "SELECT (SELECT user_version FROM pragma_user_
                                   "  AND name IN ('tasks', 'task_logs'))";
 
 // Column order shared by every statement that fills an mt_task (fill_task).
+// A task claimed ahead by `moontask run` but not started yet is RUNNING in
+// the table and PENDING to everyone who looks (it has not begun).
+#define SHOWN_STATUS "(CASE WHEN status = 1 AND started_at IS NULL THEN 0 ELSE status END)"
+
 #define TASK_COLS                                                                 \
     "seq, id, task, status, attempts, retry_base, payload, encrypted_payload, "   \
     "created_at, run_at, started_at, finished_at, error, traceback, owner, "      \
@@ -96,6 +100,10 @@ enum {
     S_ROLLBACK,
     S_INSERT,
     S_CLAIM,
+    S_CLAIM_AHEAD,
+    S_START,
+    S_RELEASE,
+    S_RESTORE_UNSTARTED,
     S_FINISH,
     S_FINISH_SEQ,
     S_UNCLAIM,
@@ -135,6 +143,19 @@ static const char *const stmt_sql[NSTMT] = {
                 " RETURNING " TASK_COLS,
     [S_FINISH] = "UPDATE tasks SET status = ?2, finished_at = ?3, run_at = coalesce(?4, run_at),"
                  " error = ?5, traceback = ?6 WHERE id = ?1 AND status = 1",
+    // Claim-ahead (the dispatcher): not started yet, so neither attempts nor
+    // started_at change until a start is recorded (nullif(?1, ?1) is NULL).
+    [S_CLAIM_AHEAD] = "UPDATE tasks SET status = 1, started_at = nullif(?1, ?1), owner = ?2"
+                      " WHERE seq IN (SELECT seq FROM tasks INDEXED BY tasks_due"
+                      " WHERE status = 0 AND run_at <= ?3 ORDER BY run_at, seq LIMIT ?4)"
+                      " RETURNING " TASK_COLS,
+    [S_START] = "UPDATE tasks SET attempts = attempts + 1, started_at = ?2"
+                " WHERE seq = ?1 AND status = 1 AND started_at IS NULL",
+    [S_RELEASE] = "UPDATE tasks SET status = 0, owner = NULL"
+                  " WHERE seq = ?1 AND status = 1 AND started_at IS NULL",
+    // Claimed ahead by a dead engine but never started: simply due again.
+    [S_RESTORE_UNSTARTED] = "UPDATE tasks INDEXED BY tasks_running SET status = 0, owner = NULL"
+                            " WHERE status = 1 AND owner IS ?1 AND started_at IS NULL",
     [S_FINISH_SEQ] = "UPDATE tasks SET status = ?2, finished_at = ?3,"
                      " run_at = coalesce(?4, run_at), error = ?5, traceback = ?6"
                      " WHERE seq = ?1 AND status = 1",
@@ -151,7 +172,7 @@ static const char *const stmt_sql[NSTMT] = {
     [S_GET] = "SELECT " TASK_COLS " FROM tasks WHERE id = ?1",
     [S_LIST] = "SELECT " TASK_COLS " FROM tasks WHERE (?2 IS NULL OR task = ?2)"
                " ORDER BY seq LIMIT ?3",
-    [S_LIST_STATUS] = "SELECT " TASK_COLS " FROM tasks WHERE status = ?1"
+    [S_LIST_STATUS] = "SELECT " TASK_COLS " FROM tasks WHERE " SHOWN_STATUS " = ?1"
                       " AND (?2 IS NULL OR task = ?2) ORDER BY seq LIMIT ?3",
     [S_LOGS] = "SELECT attempt, time, level, message, extras FROM task_logs"
                " WHERE task_seq = ?1 ORDER BY seq",
@@ -163,7 +184,7 @@ static const char *const stmt_sql[NSTMT] = {
                   " WHERE status = 1 AND owner IS ?1 AND requeue_on_interrupt",
     [S_INTERRUPT] = "UPDATE tasks INDEXED BY tasks_running SET status = 4, finished_at = ?2,"
                     " error = ?3, traceback = NULL WHERE status = 1 AND owner IS ?1",
-    [S_COUNTS] = "SELECT status, count(*) FROM tasks GROUP BY status",
+    [S_COUNTS] = "SELECT " SHOWN_STATUS ", count(*) FROM tasks GROUP BY 1",
     [S_NEXT] = "SELECT min(run_at) FROM tasks INDEXED BY tasks_due WHERE status = 0",
     [S_COUNT_ENC] = "SELECT count(*) FROM tasks WHERE status <> 2"
                     " AND encrypted_payload IS NOT NULL",
@@ -351,6 +372,9 @@ static int fill_task(sqlite3_stmt *s, mt_task *t)
     }
     t->seq = sqlite3_column_int64(s, C_SEQ);
     t->status = sqlite3_column_int(s, C_STATUS);
+    if (t->status == MT_RUNNING && sqlite3_column_type(s, C_STARTED) == SQLITE_NULL) {
+        t->status = MT_PENDING;  // claimed ahead, not started: see SHOWN_STATUS
+    }
     t->attempts = sqlite3_column_int(s, C_ATTEMPTS);
     t->retry_base = sqlite3_column_int(s, C_RETRY_BASE);
     t->created_at = sqlite3_column_double(s, C_CREATED);
@@ -700,10 +724,10 @@ static int claimed_cmp(const void *pa, const void *pb)
 
 // Steps the claim UPDATE ... RETURNING into c; *got rows are filled even on
 // failure, for the caller to clear.
-static int claim_rows(mt_store *st, double now, const char *owner, claimed *c, size_t max,
-                      size_t *got, mt_err *err)
+static int claim_rows(mt_store *st, double now, const char *owner, bool ahead, claimed *c,
+                      size_t max, size_t *got, mt_err *err)
 {
-    sqlite3_stmt *s = st->stmt[S_CLAIM];
+    sqlite3_stmt *s = st->stmt[ahead ? S_CLAIM_AHEAD : S_CLAIM];
     sqlite3_int64 limit = max > INT64_MAX ? INT64_MAX : (sqlite3_int64)max;
     if (sqlite3_bind_double(s, 1, now) != SQLITE_OK ||
         sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC) != SQLITE_OK ||
@@ -781,8 +805,22 @@ static int unclaim_one(mt_store *st, const mt_outcome *o, mt_err *err)
     return run(st, s, "give back an unstarted task", err);
 }
 
+static int seq_step(mt_store *st, int which, int64_t seq, const double *at, const char *what,
+                    mt_err *err)
+{
+    sqlite3_stmt *s = st->stmt[which];
+    if (sqlite3_bind_int64(s, 1, seq) != SQLITE_OK ||
+        (at != NULL && sqlite3_bind_double(s, 2, *at) != SQLITE_OK)) {
+        return bind_err(st, what, err);
+    }
+    return run(st, s, what, err);
+}
+
 static int finish_one(mt_store *st, const mt_outcome *o, mt_err *err)
 {
+    if (o->release) {
+        return seq_step(st, S_RELEASE, o->seq, NULL, "give back an unstarted task", err);
+    }
     if (o->unclaim) {
         return unclaim_one(st, o, err);
     }
@@ -834,33 +872,33 @@ static int check_outcomes(const mt_outcome *outs, size_t n, mt_err *err)
     return MT_OK;
 }
 
-int mt_store_finish_claim(mt_store *st, const mt_outcome *outs, size_t nouts, double now,
-                          const char *owner, mt_task *rows, size_t max, size_t *n, mt_err *err)
+int mt_store_round(mt_store *st, mt_round *r, mt_err *err)
 {
-    if (n != NULL) {
-        *n = 0;
-    }
-    if (max > 0 && (owner == NULL || rows == NULL || n == NULL)) {
+    r->claimed = 0;
+    if (r->max > 0 && (r->owner == NULL || r->rows == NULL)) {
         return mt_err_set(err, MT_EINVAL, "claim needs an owner and a row array");
     }
-    int ret = check_outcomes(outs, nouts, err);
-    if (ret != MT_OK || (nouts == 0 && max == 0)) {
+    int ret = check_outcomes(r->outs, r->nouts, err);
+    if (ret != MT_OK || (r->nouts == 0 && r->max == 0 && r->nstarts == 0)) {
         return ret;
     }
     claimed *c = NULL;
-    if (max > 0) {
-        c = max <= SIZE_MAX / sizeof *c ? malloc(max * sizeof *c) : NULL;
+    if (r->max > 0) {
+        c = r->max <= SIZE_MAX / sizeof *c ? malloc(r->max * sizeof *c) : NULL;
         if (c == NULL) {
-            return mt_err_set(err, MT_ENOMEM, "out of memory claiming %zu tasks", max);
+            return mt_err_set(err, MT_ENOMEM, "out of memory claiming %zu tasks", r->max);
         }
     }
     size_t got = 0;
     ret = begin(st, "record results and claim tasks", err);
-    for (size_t i = 0; ret == MT_OK && i < nouts; i++) {
-        ret = finish_one(st, &outs[i], err);
+    for (size_t i = 0; ret == MT_OK && i < r->nstarts; i++) {
+        ret = seq_step(st, S_START, r->starts[i].seq, &r->starts[i].at, "record a task start", err);
     }
-    if (ret == MT_OK && max > 0) {
-        ret = claim_rows(st, now, owner, c, max, &got, err);
+    for (size_t i = 0; ret == MT_OK && i < r->nouts; i++) {
+        ret = finish_one(st, &r->outs[i], err);
+    }
+    if (ret == MT_OK && r->max > 0) {
+        ret = claim_rows(st, r->now, r->owner, r->claim_ahead, c, r->max, &got, err);
     }
     if (ret == MT_OK) {
         ret = commit(st, "record results and claim tasks", err);
@@ -875,9 +913,9 @@ int mt_store_finish_claim(mt_store *st, const mt_outcome *outs, size_t nouts, do
     if (got > 0) {
         qsort(c, got, sizeof *c, claimed_cmp);
         for (size_t i = 0; i < got; i++) {
-            rows[i] = c[i].t;
+            r->rows[i] = c[i].t;
         }
-        *n = got;
+        r->claimed = got;
     }
     free(c);
     return ret;
@@ -890,12 +928,16 @@ int mt_store_claim(mt_store *st, double now, const char *owner, mt_task *rows, s
         *n = 0;
         return mt_err_set(err, MT_EINVAL, "claim needs an owner and a row array");
     }
-    return mt_store_finish_claim(st, NULL, 0, now, owner, rows, max, n, err);
+    mt_round r = {.now = now, .owner = owner, .rows = rows, .max = max};
+    int ret = mt_store_round(st, &r, err);
+    *n = r.claimed;
+    return ret;
 }
 
 int mt_store_finish(mt_store *st, const mt_outcome *outs, size_t n, mt_err *err)
 {
-    return mt_store_finish_claim(st, outs, n, 0, NULL, NULL, 0, NULL, err);
+    mt_round r = {.outs = outs, .nouts = n};
+    return mt_store_round(st, &r, err);
 }
 
 int mt_store_add_logs(mt_store *st, const char *id, const mt_log_entry *logs, size_t n, mt_err *err)
@@ -1090,6 +1132,15 @@ int mt_store_retry(mt_store *st, const char *id, double now, mt_err *err)
 static int stop_owner(mt_store *st, const char *owner, double now, const char *why,
                       int *interrupted, int *requeued, mt_err *err)
 {
+    sqlite3_stmt *u = st->stmt[S_RESTORE_UNSTARTED];
+    if (sqlite3_bind_text(u, 1, owner, -1, SQLITE_STATIC) != SQLITE_OK) {
+        return bind_err(st, "interrupt tasks", err);
+    }
+    int r0 = run(st, u, "give back unstarted tasks", err);
+    if (r0 != MT_OK) {
+        return r0;
+    }
+    *requeued += sqlite3_changes(st->db);
     static const int order[2] = {S_REQUEUE, S_INTERRUPT};  // requeue first: it is narrower
     int *counts[2] = {requeued, interrupted};
     for (int i = 0; i < 2; i++) {

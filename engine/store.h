@@ -114,7 +114,9 @@ typedef struct mt_outcome {
     const char *traceback;  // NULL on success
     const mt_log_entry *logs;
     size_t nlogs;
-    bool unclaim;  // never started: back to PENDING, attempts - 1 (status ignored)
+    bool unclaim;  // claimed and counted as started, but never ran: back to PENDING,
+                   // attempts - 1 (status ignored)
+    bool release;  // claimed ahead and never started: back to PENDING (by seq)
 } mt_outcome;
 
 // Records n outcomes and their logs in one transaction. Only a task still
@@ -122,11 +124,31 @@ typedef struct mt_outcome {
 // its state); logs are always kept.
 int mt_store_finish(mt_store *st, const mt_outcome *outs, size_t n, mt_err *err);
 
-// Records nouts outcomes, then claims up to max due tasks (as
-// mt_store_claim), in one transaction: the group commit of `moontask run`.
-// On failure nothing is recorded or claimed.
-int mt_store_finish_claim(mt_store *st, const mt_outcome *outs, size_t nouts, double now,
-                          const char *owner, mt_task *rows, size_t max, size_t *n, mt_err *err);
+// A task that a claim-ahead round handed to a worker and that started.
+typedef struct mt_start {
+    int64_t seq;
+    double at;
+} mt_start;
+
+// One group commit of `moontask run`'s dispatcher, in one transaction: record
+// task starts, then outcomes, then claim up to max due tasks. With
+// claim_ahead the claimed rows are RUNNING but not started: attempts and
+// started_at change only when their start is recorded, and recovery puts
+// unstarted rows of a dead engine back to PENDING untouched. On failure
+// nothing is recorded or claimed. r->claimed receives the rows claimed.
+typedef struct mt_round {
+    const mt_start *starts;
+    size_t nstarts;
+    const mt_outcome *outs;
+    size_t nouts;
+    double now;
+    const char *owner;
+    mt_task *rows;
+    size_t max;
+    bool claim_ahead;
+    size_t claimed;
+} mt_round;
+int mt_store_round(mt_store *st, mt_round *r, mt_err *err);
 
 // Appends log entries of one task outside a completion.
 int mt_store_add_logs(mt_store *st, const char *id, const mt_log_entry *logs, size_t n,
@@ -168,7 +190,9 @@ typedef bool (*mt_alive_cb)(void *ud, const char *owner);
 
 // Tasks left RUNNING by owners that are not alive become INTERRUPTED (error
 // "interrupted: the engine running it stopped"), or PENDING (run_at = now)
-// when their policy says requeue_on_interrupt. Counts are optional.
+// when their policy says requeue_on_interrupt; tasks they claimed ahead but
+// never started go back to PENDING untouched (counted as requeued). Counts
+// are optional.
 int mt_store_recover(mt_store *st, double now, mt_alive_cb alive, void *ud, int *interrupted,
                      int *requeued, mt_err *err);
 

@@ -52,6 +52,8 @@ typedef struct pool {
     mt_task *ready;           // claimed, not started; ready[head..head+nready)
     size_t head, nready, cap;
     done_item *done, *done_tail;
+    mt_start *starts;  // tasks workers started since the last round
+    size_t nstarts, cap_starts;
     int idle;     // workers waiting for a task
     int running;  // workers running a task
     bool stop_claims;
@@ -96,6 +98,54 @@ static void wait_until(pthread_cond_t *cv, pthread_mutex_t *mu, double wall_dead
 
 // ------------------------------------------------------------- workers
 
+// Records (locked) that a claimed-ahead task starts now, for the
+// dispatcher's next round; the row's started_at follows.
+static bool note_start(pool *p, mt_task *row)
+{
+    if (p->nstarts == p->cap_starts) {
+        size_t cap = p->cap_starts ? p->cap_starts * 2 : 64;
+        mt_start *v = realloc(p->starts, cap * sizeof *v);
+        if (v == NULL) {
+            return false;
+        }
+        p->starts = v;
+        p->cap_starts = cap;
+    }
+    row->started_at = mt_wall_now();
+    p->starts[p->nstarts++] = (mt_start){.seq = row->seq, .at = row->started_at};
+    pthread_cond_signal(&p->store_cv);
+    return true;
+}
+
+static void push_done(pool *p, done_item *d)
+{
+    if (p->done_tail != NULL) {
+        p->done_tail->next = d;
+    } else {
+        p->done = d;
+    }
+    p->done_tail = d;
+    pthread_cond_signal(&p->store_cv);
+}
+
+// Hands a claimed-ahead task that never started back (locked).
+static void give_back(pool *p, mt_task *row)
+{
+    mt_outcome *o = calloc(1, sizeof *o + 37);
+    done_item *d = malloc(sizeof *d);
+    if (o != NULL && d != NULL) {
+        char *id = (char *)(o + 1);
+        memcpy(id, row->id, 37);
+        *o = (mt_outcome){.id = id, .seq = row->seq, .status = MT_PENDING, .release = true};
+        *d = (done_item){.outs = o, .n = 1, .next = NULL};
+        push_done(p, d);
+    } else {
+        free(o);  // stays RUNNING, unstarted: the next start gives it back
+        free(d);
+    }
+    mt_task_clear(row);
+}
+
 static void *worker_main(void *arg)
 {
     worker *w = arg;
@@ -114,6 +164,11 @@ static void *worker_main(void *arg)
         mt_task row = p->ready[p->head];
         p->head++;
         p->nready--;
+        if (atomic_load(&p->abort) || !note_start(p, &row)) {
+            // Shutting down (or no memory to record the start): never started.
+            give_back(p, &row);
+            continue;
+        }
         p->running++;
         pthread_mutex_unlock(&p->mu);
         mt_outcome *outs = NULL;
@@ -132,12 +187,7 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&p->mu);
         p->running--;
         if (d != NULL) {
-            if (p->done_tail != NULL) {
-                p->done_tail->next = d;
-            } else {
-                p->done = d;
-            }
-            p->done_tail = d;
+            push_done(p, d);
         }
         pthread_cond_signal(&p->store_cv);
     }
@@ -217,7 +267,10 @@ static done_item *unclaim_ready(pool *p)
     char *ids = (char *)(outs + n);
     for (size_t i = 0; i < n; i++) {
         memcpy(ids + i * 37, p->ready[p->head + i].id, 37);
-        outs[i] = (mt_outcome){.id = ids + i * 37, .status = MT_PENDING, .unclaim = true};
+        outs[i] = (mt_outcome){.id = ids + i * 37,
+                               .seq = p->ready[p->head + i].seq,
+                               .status = MT_PENDING,
+                               .release = true};
         mt_task_clear(&p->ready[p->head + i]);
     }
     p->nready = 0;
@@ -228,6 +281,8 @@ static done_item *unclaim_ready(pool *p)
 
 typedef struct round {
     done_item *done;
+    mt_start *starts;  // owned by the round; freed after the commit
+    size_t nstarts;
     size_t want;
     bool stopping;
 } round;
@@ -243,7 +298,7 @@ static round next_round(pool *p, double wake_at)
         bool feed = !p->stop_claims && wake_at == 0 && p->idle > 0 && p->nready == 0;
         bool give_back = p->stop_claims && p->nready > 0;
         bool drain_check = p->drain && p->idle == p->nworkers && !p->all_idle_seen;
-        if (p->done != NULL || feed || give_back || timed_out || drain_check) {
+        if (p->done != NULL || p->nstarts > 0 || feed || give_back || timed_out || drain_check) {
             break;
         }
         if (p->stop_claims && p->running == 0) {
@@ -258,6 +313,10 @@ static round next_round(pool *p, double wake_at)
     round r = {.done = p->done, .stopping = p->stop_claims};
     p->all_idle_seen = p->idle == p->nworkers;
     p->done = p->done_tail = NULL;
+    r.starts = p->starts;
+    r.nstarts = p->nstarts;
+    p->starts = NULL;
+    p->nstarts = p->cap_starts = 0;
     if (!p->stop_claims && p->nready < target) {
         r.want = target - p->nready;
     }
@@ -271,10 +330,29 @@ static round next_round(pool *p, double wake_at)
     return r;
 }
 
+// Puts the starts of a failed round back in front of newer ones (locked).
+static void requeue_starts(pool *p, round *r)
+{
+    if (r->nstarts == 0) {
+        free(r->starts);
+        return;
+    }
+    size_t n = r->nstarts + p->nstarts;
+    mt_start *v = realloc(r->starts, n * sizeof *v);
+    if (v == NULL) {
+        free(r->starts);  // those tasks are recovered as unstarted: they may run again
+        return;
+    }
+    memcpy(v + r->nstarts, p->starts, p->nstarts * sizeof *v);
+    free(p->starts);
+    p->starts = v;
+    p->nstarts = p->cap_starts = n;
+}
+
 // Whether --drain (or a stop) is complete; called locked after a round.
 static bool all_done(pool *p, bool claimed_any)
 {
-    if (p->running > 0 || p->nready > 0 || p->done != NULL || claimed_any) {
+    if (p->running > 0 || p->nready > 0 || p->done != NULL || p->nstarts > 0 || claimed_any) {
         return false;
     }
     if (p->stop_claims) {
@@ -333,13 +411,21 @@ static void *dispatcher_main(void *arg)
     while (rows != NULL) {
         round r = next_round(p, wake_at);
         pthread_mutex_unlock(&p->mu);
-        size_t nouts = 0, got = 0;
+        size_t nouts = 0;
         mt_outcome *outs = gather(r.done, &nouts);
         mt_err err = {0};
-        int rc = (nouts > 0 && outs == NULL)
-                     ? mt_err_set(&err, MT_ENOMEM, "out of memory")
-                     : mt_store_finish_claim(p->store, outs, nouts, mt_wall_now(), p->owner, rows,
-                                             r.want, &got, &err);
+        mt_round sr = {.starts = r.starts,
+                       .nstarts = r.nstarts,
+                       .outs = outs,
+                       .nouts = nouts,
+                       .now = mt_wall_now(),
+                       .owner = p->owner,
+                       .rows = rows,
+                       .max = r.want,
+                       .claim_ahead = true};
+        int rc = (nouts > 0 && outs == NULL) ? mt_err_set(&err, MT_ENOMEM, "out of memory")
+                                             : mt_store_round(p->store, &sr, &err);
+        size_t got = rc == MT_OK ? sr.claimed : 0;
         free(outs);
         if (rc != MT_OK) {
             // Keep the outcomes and try again; the database may be busy.
@@ -348,6 +434,7 @@ static void *dispatcher_main(void *arg)
             mt_err_clear(&err);
             sleep_for(failures < 20 ? 0.01 * failures : 0.2);
             pthread_mutex_lock(&p->mu);
+            requeue_starts(p, &r);
             done_item *t = r.done;
             while (t != NULL && t->next != NULL) {
                 t = t->next;
@@ -367,10 +454,14 @@ static void *dispatcher_main(void *arg)
         }
         failures = 0;
         free_done(r.done);
+        free(r.starts);
         adapt_target(p, nouts, &window_start, &window_n);
         bool nothing_due = r.want > 0 && got == 0;
         if (nothing_due) {
             wake_at = next_wake(p);
+        }
+        for (size_t i = 0; i < got; i++) {
+            rows[i].attempts++;  // the attempt it will be once a worker starts it
         }
         pthread_mutex_lock(&p->mu);
         if (got > 0 && ready_reserve(p, got)) {
@@ -647,6 +738,7 @@ int mt_api_run(lua_State *L)
         mt_task_clear(&p->ready[p->head + i]);
     }
     free(p->ready);
+    free(p->starts);
     free_done(p->done);
     mt_store_close(p->store);
     mt_sink_close(sink);

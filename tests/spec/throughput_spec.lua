@@ -1,8 +1,9 @@
 -- luacheck: std +busted
 -- The group-commit engine at small N, counting instead of timing: with
 -- producers adding while the engine runs, every task runs exactly once;
--- after a SIGKILL in the middle of a burn-down, no task is lost and none
--- ran twice. (Throughput figures live in bench/, never in tests.)
+-- after a SIGKILL in the middle of a burn-down no task is lost, and only the
+-- few whose start or result was not yet committed run again (at-least-once,
+-- bounded by one group commit). (Throughput figures live in bench/.)
 local support = require "support"
 
 local TASKS = [[
@@ -95,7 +96,7 @@ describe("the dispatcher's group commit", function()
     end
   end)
 
-  it("loses nothing and runs nothing twice when killed in the middle of a burn-down", function()
+  it("loses nothing when killed in the middle of a burn-down; re-runs at most a round", function()
     local marks = dir .. "/marks.txt"
     local p = spawn("lua", dir .. "/producer.lua", dir .. "/moontask.lua", "3000", marks,
       dir .. "/ids.txt")
@@ -111,15 +112,23 @@ describe("the dispatcher's group commit", function()
     local c, n = counts()
     assert.equal(3000, n)
     assert.equal(3000, (c.SUCCESS or 0) + (c.INTERRUPTED or 0))
-    local seen = {}
+    local runs, twice = {}, 0
     for _, id in ipairs(lines(marks)) do
-      assert.is_nil(seen[id], "task " .. id .. " ran twice")
-      seen[id] = true
+      runs[id] = (runs[id] or 0) + 1
+      assert.is_true(runs[id] <= 2, "task " .. id .. " ran " .. runs[id] .. " times")
+      if runs[id] == 2 then twice = twice + 1 end
     end
-    local _, out = support.run({ "-c", dir .. "/moontask.lua", "list", "--json", "--status",
-      "SUCCESS" })
+    -- Only work not yet committed when the engine died runs again: at most
+    -- the claim-ahead (batch = 32) plus results waiting for one commit.
+    assert.is_true(twice <= 64, twice .. " tasks ran twice")
+    local _, out = support.run({ "-c", dir .. "/moontask.lua", "list", "--json" })
     for _, row in ipairs(support.json(out)) do
-      assert.is_true(seen[row.id], "task " .. row.id .. " is SUCCESS but never ran")
+      if row.status == "SUCCESS" then
+        assert.is_truthy(runs[row.id], "task " .. row.id .. " is SUCCESS but never ran")
+      else
+        -- INTERRUPTED: it had started (it may have been killed before its mark).
+        assert.is_true((runs[row.id] or 0) <= 1, "INTERRUPTED task " .. row.id .. " ran again")
+      end
     end
   end)
 end)
