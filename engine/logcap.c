@@ -94,14 +94,19 @@ void mt_sink_close(mt_sink *s)
     free(s);
 }
 
+// One line per entry, and no terminal control sequences from task text:
+// line breaks and other control bytes are written as escapes.
 static int append_escaped(mt_buf *out, const char *s)
 {
     int rc = MT_OK;
     for (; *s && rc == MT_OK; s++) {
-        if (*s == '\n') {
+        unsigned char c = (unsigned char)*s;
+        if (c == '\n') {
             rc = mt_buf_append(out, "\\n", 2);
-        } else if (*s == '\r') {
+        } else if (c == '\r') {
             rc = mt_buf_append(out, "\\r", 2);
+        } else if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            rc = mt_buf_printf(out, "\\x%02x", c);
         } else {
             rc = mt_buf_append(out, s, 1);
         }

@@ -144,16 +144,18 @@ static int enqueue_impl(lua_State *L, mt_engine *e, int t)
     }
     const char *task = lua_tostring(L, -1);
     if (lua_getfield(L, t, "delay") != LUA_TNIL) {
-        if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) < 0) {
+        lua_Number d = lua_tonumber(L, -1);
+        if (!lua_isnumber(L, -1) || !(d >= 0) || d > 1e12) {
             return luaL_error(L, "enqueue: field 'delay' must be a number of seconds >= 0");
         }
-        o.delay = lua_tonumber(L, -1);
+        o.delay = d;
     }
     if (lua_getfield(L, t, "run_at") != LUA_TNIL) {
-        if (!lua_isnumber(L, -1)) {
-            return luaL_error(L, "enqueue: field 'run_at' must be a Unix time");
+        lua_Number at = lua_tonumber(L, -1);
+        if (!lua_isnumber(L, -1) || !(at >= 0) || at > 1e12) {
+            return luaL_error(L, "enqueue: field 'run_at' must be a Unix time in seconds");
         }
-        o.run_at = lua_tonumber(L, -1);
+        o.run_at = at;
     }
     lua_pop(L, 2);
     int first = lua_gettop(L) + 1;
@@ -456,6 +458,12 @@ static int engine_stats(lua_State *L)
     return 1;
 }
 
+static int engine_strict(lua_State *L)
+{
+    mt_engine_set_strict(check_engine(L, 1));
+    return 0;
+}
+
 static int engine_tostring(lua_State *L)
 {
     engine_ud *u = luaL_checkudata(L, 1, ENGINE_MT);
@@ -464,15 +472,11 @@ static int engine_tostring(lua_State *L)
 }
 
 static const luaL_Reg engine_methods[] = {
-    {"add", engine_add},
-    {"enqueue", engine_enqueue},
-    {"run_one", engine_run_one},
-    {"run_batch", engine_run_batch_m},
-    {"now", engine_now},
-    {"advance", engine_advance},
-    {"stats", engine_stats},
-    {"close", engine_close},
-    {NULL, NULL},
+    {"add", engine_add},         {"enqueue", engine_enqueue},
+    {"run_one", engine_run_one}, {"run_batch", engine_run_batch_m},
+    {"now", engine_now},         {"advance", engine_advance},
+    {"stats", engine_stats},     {"_strict", engine_strict},
+    {"close", engine_close},     {NULL, NULL},
 };
 
 static const luaL_Reg engine_meta[] = {

@@ -48,6 +48,11 @@ const char *mt_engine_owner(const mt_engine *e)
     return e->owner;
 }
 
+void mt_engine_set_strict(mt_engine *e)
+{
+    e->strict = true;
+}
+
 mt_engine_stats mt_engine_get_stats(const mt_engine *e)
 {
     return e->stats;
@@ -311,6 +316,7 @@ int mt_engine_new_worker(const mt_engine_cfg *cfg, const char *const *scripts, s
     int rc = e->L != NULL ? engine_init(e, e->L, cfg, err)
                           : mt_err_set(err, MT_ENOMEM, "cannot create a Lua state");
     if (rc == MT_OK) {
+        e->strict = true;
         mt_engine_set_current(e->L, e);
         lua_pushcfunction(e->L, load_scripts);
         lua_pushlightuserdata(e->L, (void *)scripts);
@@ -366,8 +372,8 @@ int mt_engine_enqueue(lua_State *L, mt_engine *e, const char *task, int first, i
 {
     first = lua_absindex(L, first);
     mt_engine_push_tasks(L);  // tasks
-    bool any = (lua_pushnil(L), lua_next(L, -2) != 0);
-    if (any) {
+    bool any = e->strict || (lua_pushnil(L), lua_next(L, -2) != 0);
+    if (any && !e->strict) {
         lua_pop(L, 2);
     }
     int entry = lua_getfield(L, -1, task) == LUA_TTABLE ? lua_gettop(L) : 0;  // tasks entry

@@ -24,6 +24,7 @@ struct mt_engine {
     double vnow;
     uint64_t rng;
     mt_engine_stats stats;
+    bool strict;  // the task registry is loaded: refuse unknown names even if it is empty
 };
 
 // Uniform draw in [0, 1) for jitter.

@@ -40,6 +40,10 @@ void mt_policy_overlay(mt_policy *p, const mt_policy_spec *spec);
 // Creates an engine that runs tasks in L, which it does not own.
 int mt_engine_open(lua_State *L, const mt_engine_cfg *cfg, mt_engine **out, mt_err *err);
 
+// From now on enqueue refuses task names the state's registry lacks, even
+// when no task is registered at all (the engine's scripts are loaded).
+void mt_engine_set_strict(mt_engine *e);
+
 // The engine that moontask.add uses in this state (the one running the
 // current task, else the last one opened), or NULL. [-0, +0, -]
 mt_engine *mt_engine_current(lua_State *L);

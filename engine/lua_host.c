@@ -267,10 +267,39 @@ void mt_host_push_traceback(lua_State *L)
     lua_rawgetp(L, LUA_REGISTRYINDEX, &TRACEBACK_KEY);
 }
 
+static int refuse_exit_at_load(lua_State *L)
+{
+    return luaL_error(L, "os.exit called while loading a task script; raise an error instead");
+}
+
+// Replaces os.exit (enter) or puts the saved one back; the saved function
+// sits in the registry under our key. [-0, +0, m]
+static const char SAVED_EXIT_KEY = 'E';
+static void guard_exit(lua_State *L, bool enter)
+{
+    if (lua_getglobal(L, "os") != LUA_TTABLE) {
+        lua_pop(L, 1);
+        return;
+    }
+    if (enter) {
+        lua_getfield(L, -1, "exit");
+        lua_rawsetp(L, LUA_REGISTRYINDEX, &SAVED_EXIT_KEY);
+        lua_pushcfunction(L, refuse_exit_at_load);
+    } else {
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &SAVED_EXIT_KEY);
+    }
+    lua_setfield(L, -2, "exit");
+    lua_pop(L, 1);
+}
+
 int mt_host_dofile(lua_State *L, const char *path)
 {
     if (luaL_loadfilex(L, path, "t") != LUA_OK) {
         return 1;
     }
-    return mt_host_pcall(L, 0, 0) != LUA_OK;
+    // A script that exits would take the engine (or a busted run) with it.
+    guard_exit(L, true);
+    int failed = mt_host_pcall(L, 0, 0) != LUA_OK;
+    guard_exit(L, false);
+    return failed;
 }

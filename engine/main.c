@@ -5,6 +5,7 @@
  * under the sanitizers); every other command is lua/moontask/cli.lua.
  */
 // SPDX-License-Identifier: MIT
+#define _DEFAULT_SOURCE  // setenv
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +42,7 @@ static int run_lua_file(lua_State *L, args *a)
     lua_setglobal(L, "arg");
     if (luaL_loadfilex(L, a->argv[2], "t") != LUA_OK) {
         fprintf(stderr, "moontask: %s\n", lua_tostring(L, -1));
-        a->code = 1;
+        a->code = 2;  // a missing or malformed script is a usage error
         return 0;
     }
     luaL_checkstack(L, a->argc, "too many arguments");
@@ -64,6 +65,14 @@ static int run_lua_file(lua_State *L, args *a)
 static int pmain(lua_State *L)
 {
     args *a = lua_touserdata(L, 1);
+    // `moontask -c FILE lua SCRIPT`: the script's moontask.open{config=...}
+    // calls can read the config path from MOONTASK_CONFIG.
+    if (a->argc >= 4 && (strcmp(a->argv[1], "-c") == 0 || strcmp(a->argv[1], "--config") == 0) &&
+        strcmp(a->argv[3], "lua") == 0) {
+        setenv("MOONTASK_CONFIG", a->argv[2], 1);
+        a->argv += 2;
+        a->argc -= 2;
+    }
     if (a->argc >= 2 && strcmp(a->argv[1], "lua") == 0) {
         return run_lua_file(L, a);
     }

@@ -298,6 +298,21 @@ static int commit(mt_store *st, const char *what, mt_err *err)
     return run(st, st->stmt[S_COMMIT], what, err);
 }
 
+int mt_store_check_writable(mt_store *st, mt_err *err)
+{
+    if (sqlite3_db_readonly(st->db, "main") == 1) {
+        return mt_err_set(err, MT_EREADONLY,
+                          "cannot write to database %s: it is read-only (check the file's and "
+                          "its folder's permissions)",
+                          st->path);
+    }
+    int ret = begin(st, "check that the database is writable", err);
+    if (ret == MT_OK) {
+        ret = run(st, st->stmt[S_ROLLBACK], "check that the database is writable", err);
+    }
+    return ret;
+}
+
 // Undoes a failed transaction. SQLite may already have rolled back (after
 // SQLITE_FULL, NOMEM, ...), and a failing ROLLBACK has nothing left to undo,
 // so its result only matters to SQLite, not to the caller's error.
@@ -520,8 +535,10 @@ static int configure(mt_store *st, const mt_store_opts *opts, mt_err *err)
     if (rc != SQLITE_OK) {
         return db_err(st, rc, "configure the connection", err);
     }
-    int ret = MT_OK;
-    if (!st->readonly) {
+    // The schema check comes first: a file that is not ours is refused before
+    // anything (such as its journal mode) is changed.
+    int ret = check_schema(st, err);
+    if (ret == MT_OK && !st->readonly) {
         // In-memory databases answer "memory"; either way the mode is fine.
         ret = exec(st, "PRAGMA journal_mode = WAL", "switch to WAL mode", err);
     }
@@ -534,9 +551,6 @@ static int configure(mt_store *st, const mt_store_opts *opts, mt_err *err)
         // 16 MiB of page cache per connection: the default 2 MiB made the hot
         // path re-read index pages with pread on every claim.
         ret = exec(st, "PRAGMA cache_size = -16384", "set the page cache size", err);
-    }
-    if (ret == MT_OK) {
-        ret = check_schema(st, err);
     }
     if (ret == MT_ECORRUPT && (sqlite3_errcode(st->db) & 0xff) == SQLITE_NOTADB) {
         ret = mt_err_set(err, MT_ECORRUPT,

@@ -49,6 +49,10 @@ typedef struct mt_store_opts {
 int mt_store_open(mt_store **out, const char *path, const mt_store_opts *opts, mt_err *err);
 void mt_store_close(mt_store *st);  // NULL is a no-op
 
+// MT_OK when this connection can write (takes and drops the write lock);
+// MT_EREADONLY naming the file, or MT_EBUSY, otherwise.
+int mt_store_check_writable(mt_store *st, mt_err *err);
+
 // A task to insert. All pointers borrowed for the call.
 typedef struct mt_task_new {
     const char *id;  // 36-char UUID text

@@ -427,8 +427,24 @@ static void *dispatcher_main(void *arg)
                                              : mt_store_round(p->store, &sr, &err);
         size_t got = rc == MT_OK ? sr.claimed : 0;
         free(outs);
+        if (rc != MT_OK && rc != MT_EBUSY) {
+            // Not a passing lock: stop rather than loop (the outcomes stay
+            // uncommitted and are recovered at the next start).
+            fprintf(stderr, "moontask: stopping: %s\n", mt_err_msg(&err));
+            mt_err_clear(&err);
+            atomic_fetch_add(&p->engine_errors, 1);
+            free(r.starts);
+            free_done(r.done);
+            pthread_mutex_lock(&p->mu);
+            for (size_t i = 0; i < p->nready; i++) {
+                mt_task_clear(&p->ready[p->head + i]);  // claimed, never started
+            }
+            p->nready = 0;
+            p->stop_claims = true;
+            break;
+        }
         if (rc != MT_OK) {
-            // Keep the outcomes and try again; the database may be busy.
+            // Keep the outcomes and try again; the database is busy.
             fprintf(stderr, "moontask: %s%s\n", mt_err_msg(&err),
                     ++failures > 1 ? " (retrying)" : "");
             mt_err_clear(&err);
@@ -500,7 +516,10 @@ static bool alive(void *ud, const char *owner)
 static int prepare(pool *p, mt_err *err)
 {
     int interrupted = 0, requeued = 0;
-    int rc = mt_store_recover(p->store, mt_wall_now(), alive, NULL, &interrupted, &requeued, err);
+    int rc = mt_store_check_writable(p->store, err);
+    if (rc == MT_OK) {
+        rc = mt_store_recover(p->store, mt_wall_now(), alive, NULL, &interrupted, &requeued, err);
+    }
     if (rc == MT_OK && (interrupted || requeued)) {
         fprintf(stderr,
                 "moontask: recovered tasks of a stopped engine: %d interrupted, %d requeued\n",

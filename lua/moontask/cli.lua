@@ -64,21 +64,28 @@ local function load_settings(path)
   return settings
 end
 
+-- Exit code for an engine that cannot open: a file that is not a moontask
+-- database is a configuration mistake (2); I/O, locks and the like are 1.
+local function open_code(code)
+  return (code == "ECORRUPT" or code == "EINVAL") and 2 or 1
+end
+
 local function open_engine(settings, with_keys, load_scripts)
   local s = {}
   for k, v in pairs(settings) do s[k] = v end
   if not with_keys then s.keys = {} end
   s.log = { stdout = false }
-  local e, msg = moontask._open(s)
-  if not e then return nil, msg end
+  local e, msg, code = moontask._open(s)
+  if not e then return nil, msg, open_code(code) end
   if load_scripts then
     for _, path in ipairs(settings.scripts) do
       local ok, lerr = pcall(moontask._load_script, path)
       if not ok then
         e:close()
-        return nil, tostring(lerr), "script"
+        return nil, tostring(lerr), 2
       end
     end
+    e:_strict()  -- the registry is loaded: unknown task names are refused
   end
   return e
 end
@@ -137,8 +144,8 @@ function commands.add(args, cfgpath)
   end
   local settings, msg = load_settings(cfgpath)
   if not settings then return err(2, "%s", msg) end
-  local e, emsg, kind = open_engine(settings, true, true)
-  if not e then return err(kind == "script" and 2 or 1, "%s", emsg) end
+  local e, emsg, ecode = open_engine(settings, true, true)
+  if not e then return err(ecode, "%s", emsg) end
   local ok, id, amsg = pcall(e.add, e, pos[1], table.unpack(values, 1, values.n))
   e:close()
   if not ok then return err(2, "%s", tostring(id)) end
@@ -150,8 +157,8 @@ end
 local function with_engine(cfgpath, with_keys, fn)
   local settings, msg = load_settings(cfgpath)
   if not settings then return err(2, "%s", msg) end
-  local e, emsg = open_engine(settings, with_keys, false)
-  if not e then return err(1, "%s", emsg) end
+  local e, emsg, ecode = open_engine(settings, with_keys, false)
+  if not e then return err(ecode, "%s", emsg) end
   local ok, code = pcall(fn, e, settings)
   e:close()
   if not ok then return err(2, "%s", tostring(code)) end
@@ -246,8 +253,8 @@ commands["rotate-key"] = function(args, cfgpath)
     return err(2, "rotate-key needs encrypt_args_keys (new key first) or encrypt_args_key "
       .. "in %s", cfgpath)
   end
-  local e, emsg = open_engine(settings, true, false)
-  if not e then return err(1, "%s", emsg) end
+  local e, emsg, ecode = open_engine(settings, true, false)
+  if not e then return err(ecode, "%s", emsg) end
   local n, rmsg = e:rotate_key()
   e:close()
   if not n then return err(1, "rotate-key: %s", rmsg) end

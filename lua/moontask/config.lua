@@ -73,7 +73,7 @@ local function check_type(where, key, value, kind)
     ok = math.type(value) == "integer" and value >= 0
   elseif kind == "positive_int" then
     ok = math.type(value) == "integer" and value >= 1
-  elseif kind == "seconds" then
+  elseif kind == "seconds" or kind == "mib" or kind == "ms" then
     ok = type(value) == "number" and value >= 0 and value < math.huge
   elseif kind == "positive" then
     ok = type(value) == "number" and value > 0 and value < math.huge
@@ -90,6 +90,7 @@ local function check_type(where, key, value, kind)
     local wants = {
       count = "a whole number >= 0", positive_int = "a whole number >= 1",
       seconds = "a number of seconds >= 0", positive = "a number > 0",
+      mib = "a number of MiB >= 0", ms = "a number of milliseconds >= 0",
       number = "a number >= 0", fraction = "a number from 0 to 1",
       level = "one of debug, info, warning, error",
     }
@@ -118,6 +119,9 @@ local function read_key_file(where, path)
   end
   local text = f:read("a")
   f:close()
+  if text == nil then
+    fail(where, "encrypt_args_key_file: %s is not a readable file", path)
+  end
   -- Exactly one trailing newline is allowed; anything else stays and is refused.
   text = text:gsub("\r?\n$", "", 1)
   return text
@@ -125,7 +129,13 @@ end
 
 local function check_key(where, label, text)
   local ok, msg = moontask._check_key(text)
-  if not ok then fail(where, "%s: %s", label, msg) end
+  if not ok then
+    if text:find("%s") then
+      msg = msg .. " (it contains whitespace or a line break: the key must be one line of 44 "
+        .. "characters; a key file may end with one newline)"
+    end
+    fail(where, "%s: %s", label, msg)
+  end
   return text
 end
 
@@ -210,18 +220,36 @@ function M.normalize(t, where, base, extra_keys)
   end
   local s = { where = where }
   local db = t.database
-  if db ~= nil and type(db) ~= "string" then
-    fail(where, "key 'database' must be a path (got %s)", type(db))
+  if db ~= nil and (type(db) ~= "string" or db == "") then
+    fail(where, "key 'database' must be a file path or \":memory:\" (got %s)",
+      type(db) == "string" and "an empty string" or type(db))
   end
   s.database = resolve(base, db or "moontask.db")
+  if s.database ~= ":memory:" then
+    local parent = dirname(s.database)
+    local d = io.open(parent, "r")
+    if not d then fail(where, "database: folder %s does not exist", parent) end
+    d:close()
+    local f = io.open(s.database, "r")
+    if f then
+      local _, rerr, code = f:read(0)
+      f:close()
+      if code == 21 or (rerr and rerr:find("Is a directory")) then
+        fail(where, "database: %s is a folder, not a database file", s.database)
+      end
+    end
+  end
   s.scripts = expand_scripts(where, t.scripts or {}, base)
-  for key, kind in pairs {
-    workers = "positive_int", poll_interval = "positive", shutdown_grace = "seconds",
-    memory_limit = "seconds", busy_timeout = "seconds", batch = "positive_int",
+  for key, spec in pairs {
+    workers = { "positive_int", 256 }, poll_interval = { "positive", 3600 },
+    shutdown_grace = { "seconds", 86400 }, memory_limit = { "mib", 1048576 },
+    busy_timeout = { "ms", 3600000 }, batch = { "positive_int", 65536 },
   } do
-    if t[key] ~= nil then
-      check_type(where, key, t[key], kind)
-      s[key] = t[key]
+    local v = t[key]
+    if v ~= nil then
+      check_type(where, key, v, spec[1])
+      if v > spec[2] then fail(where, "key '%s' must be at most %s (got %s)", key, spec[2], v) end
+      s[key] = v
     end
   end
   if t.defaults ~= nil then
@@ -283,9 +311,17 @@ function M.load(path)
       err = tostring(err):gsub("%s+near%s.*$", "")
       error({ moontask_config = true, msg = err .. " (syntax error)" }, 0)
     end
+    -- os.exit in a config would end the command with the config's choice of
+    -- exit code; make it an error that names the file instead.
+    local real_exit = os.exit
+    os.exit = function() error("os.exit is not allowed in a moontask config", 2) end -- luacheck: ignore 122
     local ok, t = pcall(chunk)
+    os.exit = real_exit -- luacheck: ignore 122
     if not ok then
-      error({ moontask_config = true, msg = tostring(t) }, 0)
+      if type(t) ~= "string" then
+        t = path .. ": the config raised a non-string error (a " .. type(t) .. ")"
+      end
+      error({ moontask_config = true, msg = t }, 0)
     end
     if type(t) ~= "table" then
       fail(path, "the config must return a table (got %s)", type(t))

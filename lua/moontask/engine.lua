@@ -54,6 +54,9 @@ return function(M)
         error(lerr, 2)
       end
     end
+    if opts.config ~= nil or opts.scripts ~= nil then
+      e:_strict()  -- its task registry is loaded: unknown task names are refused
+    end
     return e
   end
 

@@ -75,6 +75,17 @@ function M.tasks_json(rows)
   return "[" .. table.concat(parts, ",") .. "]"
 end
 
+-- Task-supplied text shown on a terminal: control bytes (escape sequences
+-- included) become \xNN; line breaks are kept only where multi_line.
+local function safe(s, multi_line)
+  s = tostring(s or "")
+  return (s:gsub("[%c\127]", function(c)
+    if c == "\t" or (multi_line and c == "\n") then return c end
+    if c == "\n" then return "\\n" end
+    return string.format("\\x%02x", c:byte())
+  end))
+end
+
 local function iso(t)
   if not t then return "-" end
   return os.date("!%Y-%m-%dT%H:%M:%S", math.floor(t)) .. string.format(".%03dZ",
@@ -88,7 +99,7 @@ local function args_text(row)
 end
 
 local function clip(s, n)
-  s = tostring(s or ""):gsub("[\r\n]+", " ")
+  s = safe(s)
   if #s > n then return s:sub(1, n - 3) .. "..." end
   return s
 end
@@ -128,10 +139,10 @@ function M.task_text(row)
     "run_at:      " .. iso(row.run_at),
     "started_at:  " .. iso(row.started_at),
     "finished_at: " .. iso(row.finished_at),
-    "args:        " .. args_text(row),
+    "args:        " .. safe(args_text(row)),
   }
-  if row.error then lines[#lines + 1] = "error:       " .. row.error end
-  if row.traceback then lines[#lines + 1] = "traceback:\n" .. row.traceback end
+  if row.error then lines[#lines + 1] = "error:       " .. safe(row.error, true) end
+  if row.traceback then lines[#lines + 1] = "traceback:\n" .. safe(row.traceback, true) end
   return table.concat(lines, "\n") .. "\n"
 end
 
@@ -151,7 +162,7 @@ function M.logs_text(entries)
   for _, e in ipairs(entries) do
     local extras = e.extras_json ~= "{}" and (" " .. e.extras_json) or ""
     lines[#lines + 1] = string.format("%s %-7s #%d %s%s", iso(e.time), e.level:upper(), e.attempt,
-      (e.message:gsub("\n", "\\n")), extras)
+      safe(e.message), safe(extras))
   end
   if #lines == 0 then return "(no log entries)\n" end
   return table.concat(lines, "\n") .. "\n"
