@@ -347,7 +347,7 @@ static void log_failure(lua_State *L, mt_engine *e, int ctx, int status, const c
         snprintf(secs, sizeof secs, "%.3g", wait > 0 ? wait : 0.0);
         lua_pushfstring(L, "attempt %I failed, retrying in %s s: %s", attempt, secs, error);
     } else if (status == MT_INTERRUPTED) {
-        lua_pushfstring(L, "attempt %I interrupted: %s", attempt, error);
+        lua_pushfstring(L, "attempt %I: %s", attempt, error);
     } else {
         lua_pushfstring(L, "attempt %I failed, no retries left: %s", attempt, error);
     }

@@ -74,10 +74,12 @@ typedef struct worker {
 } worker;
 
 static volatile sig_atomic_t got_signal;
+static volatile sig_atomic_t signal_count;
 
 static void on_signal(int sig)
 {
     got_signal = sig;
+    signal_count++;
 }
 
 static void sleep_for(double s)
@@ -556,8 +558,15 @@ static void shutdown_pool(pool *p)
     p->stop_claims = true;
     pthread_cond_signal(&p->store_cv);
     pthread_mutex_unlock(&p->mu);
+    int running = locked_running(p);
+    if (running > 0 && got_signal != 0) {
+        fprintf(stderr,
+                "moontask: stopping: no new tasks; waiting up to %g s for %d running task(s) "
+                "(signal again to interrupt them now)\n",
+                p->s.shutdown_grace, running);
+    }
     double deadline = mt_mono_now() + p->s.shutdown_grace;
-    while (locked_running(p) > 0 && mt_mono_now() < deadline) {
+    while (locked_running(p) > 0 && mt_mono_now() < deadline && signal_count < 2) {
         sleep_for(0.01);
     }
     if (locked_running(p) > 0) {
@@ -731,6 +740,7 @@ int mt_api_run(lua_State *L)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
     got_signal = 0;
+    signal_count = 0;
     if (rc == MT_OK) {
         rc = create_engines(p, ws, scripts, nscripts, &err);
     }
