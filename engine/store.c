@@ -1396,7 +1396,9 @@ static int rewrite_apply(mt_store *st, const rewrite_row *rows, size_t n, mt_rew
     for (size_t i = 0; ret == MT_OK && i < n; i++) {
         char *token = NULL;
         int rc = cb(ud, &rows[i].t, &token);
-        if (rc != MT_OK) {
+        if (rc != MT_OK && err != NULL && err->code == rc && err->msg != NULL) {
+            ret = rc;  // the callback said why, in its own words
+        } else if (rc != MT_OK) {
             ret = mt_err_set(err, rc, "key rotation stopped at task %s (%s); nothing was changed",
                              rows[i].t.id, mt_strerror(rc));
         } else if (token == NULL) {
