@@ -433,20 +433,27 @@ static int secbuf_gc(lua_State *L)
 
 // A secure mt_buf owned by Lua: wiped and freed by __gc, or earlier by
 // mt_buf_clear (which leaves it empty, so the later __gc is harmless).
+void *mt_lua_new_owned(lua_State *L, size_t size, const char *key, lua_CFunction gc)
+{
+    void *p = lua_newuserdatauv(L, size, 0);
+    memset(p, 0, size);
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TNIL) {
+        lua_pop(L, 1);
+        lua_createtable(L, 0, 1);
+        lua_pushcfunction(L, gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushvalue(L, -1);
+        lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+    }
+    lua_setmetatable(L, -2);
+    return p;
+}
+
 // [-0, +1, m]
 mt_buf *mt_lua_push_buf(lua_State *L, bool secure)
 {
-    mt_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
+    mt_buf *b = mt_lua_new_owned(L, sizeof *b, &SECBUF_MT, secbuf_gc);
     mt_buf_init(b, secure);
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &SECBUF_MT) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_createtable(L, 0, 2);
-        lua_pushcfunction(L, secbuf_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushvalue(L, -1);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, &SECBUF_MT);
-    }
-    lua_setmetatable(L, -2);
     return b;
 }
 

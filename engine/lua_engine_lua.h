@@ -86,6 +86,11 @@ int mt_engine_run_batch_lua(lua_State *L, mt_engine *e, size_t max, size_t *ran,
 // when they are encrypted and no key opens them. [-0, +1, m]
 void mt_engine_push_args_json(lua_State *L, mt_engine *e, const mt_task *row);
 
+// A zeroed userdata of size bytes whose metatable (cached in the registry
+// under key) has gc as __gc: C memory hung off it is freed even when a Lua
+// error unwinds past its owner. [-0, +1, m]
+void *mt_lua_new_owned(lua_State *L, size_t size, const char *key, lua_CFunction gc);
+
 // A buffer owned by Lua (wiped when secure, freed by __gc or earlier by
 // mt_buf_clear), for C work that must survive a Lua error. [-0, +1, m]
 mt_buf *mt_lua_push_buf(lua_State *L, bool secure);

@@ -68,22 +68,6 @@ static int logvec_gc(lua_State *L)
     return 0;
 }
 
-// [-0, +1, m]
-static void *push_vec(lua_State *L, size_t size, const char *key, lua_CFunction gc)
-{
-    void *p = lua_newuserdatauv(L, size, 0);
-    memset(p, 0, size);
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_createtable(L, 0, 1);
-        lua_pushcfunction(L, gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushvalue(L, -1);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, key);
-    }
-    lua_setmetatable(L, -2);
-    return p;
-}
 
 static bool grow(void **v, size_t *cap, size_t n, size_t elem)
 {
@@ -207,7 +191,7 @@ static int engine_get(lua_State *L)
 {
     mt_engine *e = mt_api_check_engine(L, 1);
     const char *id = luaL_checkstring(L, 2);
-    taskvec *tv = push_vec(L, sizeof *tv, &TASKVEC_MT, taskvec_gc);
+    taskvec *tv = mt_lua_new_owned(L, sizeof *tv, &TASKVEC_MT, taskvec_gc);
     if (!grow((void **)&tv->v, &tv->cap, 0, sizeof(mt_task))) {
         return luaL_error(L, "out of memory");
     }
@@ -248,7 +232,7 @@ static int engine_tasks(lua_State *L)
         }
     }
     bool traceback = lua_toboolean(L, 3);
-    taskvec *tv = push_vec(L, sizeof *tv, &TASKVEC_MT, taskvec_gc);
+    taskvec *tv = mt_lua_new_owned(L, sizeof *tv, &TASKVEC_MT, taskvec_gc);
     mt_err err = {0};
     int rc = mt_store_list(mt_engine_store(e), &f, copy_task, tv, &err);
     if (tv->oom) {
@@ -272,7 +256,7 @@ static int engine_logs(lua_State *L)
 {
     mt_engine *e = mt_api_check_engine(L, 1);
     const char *id = luaL_checkstring(L, 2);
-    logvec *lv = push_vec(L, sizeof *lv, &LOGVEC_MT, logvec_gc);
+    logvec *lv = mt_lua_new_owned(L, sizeof *lv, &LOGVEC_MT, logvec_gc);
     mt_err err = {0};
     int rc = mt_store_logs(mt_engine_store(e), id, copy_log, lv, &err);
     if (lv->oom) {

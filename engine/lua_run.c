@@ -49,18 +49,8 @@ static int rows_gc(lua_State *L)
 // [-0, +1, m]
 static rows_ud *push_rows(lua_State *L, size_t n)
 {
-    rows_ud *r = lua_newuserdatauv(L, sizeof *r + n * sizeof(mt_task), 0);
+    rows_ud *r = mt_lua_new_owned(L, sizeof *r + n * sizeof(mt_task), &ROWS_MT, rows_gc);
     r->n = n;
-    memset(r->rows, 0, n * sizeof(mt_task));
-    if (lua_rawgetp(L, LUA_REGISTRYINDEX, &ROWS_MT) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_createtable(L, 0, 2);
-        lua_pushcfunction(L, rows_gc);
-        lua_setfield(L, -2, "__gc");
-        lua_pushvalue(L, -1);
-        lua_rawsetp(L, LUA_REGISTRYINDEX, &ROWS_MT);
-    }
-    lua_setmetatable(L, -2);
     return r;
 }
 
