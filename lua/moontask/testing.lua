@@ -167,10 +167,10 @@ function Engine:settle(opts)
     end
     for _, id in ipairs(s.ids) do total.ids[#total.ids + 1] = id end
     local at = self.raw:next_run_at()
-    if not at then break end
+    if not at then return total end
     if at > self:now() then self:advance(at - self:now()) end
   end
-  return total
+  error(string.format("settle: tasks still pending after %d steps (raise max_steps?)", limit), 2)
 end
 
 function Engine:get(id)
