@@ -22,11 +22,10 @@
 #include <sqlite3.h>
 
 #include "buf.h"
+#include "store_int.h"
 
 #define SCHEMA_VERSION  1
 #define DEFAULT_BUSY_MS 5000
-#define REWRITE_BATCH   256
-#define STOPPED_WHY     "interrupted: the engine running it stopped"
 
 // The hot path (claim, finish, insert, get by id) must never scan the table:
 // tasks_due serves claim and next_run_at, tasks_running serves recovery, and
@@ -68,63 +67,7 @@ static const char version_sql[] = "SELECT (SELECT user_version FROM pragma_user_
     "created_at, run_at, started_at, finished_at, error, traceback, owner, "      \
     "retries, delay, backoff, max_delay, jitter, timeout, requeue_on_interrupt, " \
     "redact"
-enum {
-    C_SEQ,
-    C_ID,
-    C_TASK,
-    C_STATUS,
-    C_ATTEMPTS,
-    C_RETRY_BASE,
-    C_PAYLOAD,
-    C_TOKEN,
-    C_CREATED,
-    C_RUN_AT,
-    C_STARTED,
-    C_FINISHED,
-    C_ERROR,
-    C_TRACEBACK,
-    C_OWNER,
-    C_RETRIES,
-    C_DELAY,
-    C_BACKOFF,
-    C_MAX_DELAY,
-    C_JITTER,
-    C_TIMEOUT,
-    C_REQUEUE,
-    C_REDACT
-};
 
-enum {
-    S_BEGIN,
-    S_COMMIT,
-    S_ROLLBACK,
-    S_INSERT,
-    S_CLAIM,
-    S_CLAIM_AHEAD,
-    S_START,
-    S_RELEASE,
-    S_RESTORE_UNSTARTED,
-    S_FINISH,
-    S_FINISH_SEQ,
-    S_UNCLAIM,
-    S_WAITING,
-    S_FIND,
-    S_LOG_ADD,
-    S_GET,
-    S_LIST,
-    S_LIST_STATUS,
-    S_LOGS,
-    S_RETRY,
-    S_OWNERS,
-    S_REQUEUE,
-    S_INTERRUPT,
-    S_COUNTS,
-    S_NEXT,
-    S_COUNT_ENC,
-    S_REWRITE_GET,
-    S_REWRITE_SET,
-    NSTMT
-};
 
 static const char *const stmt_sql[NSTMT] = {
     [S_BEGIN] = "BEGIN IMMEDIATE",
@@ -193,14 +136,6 @@ static const char *const stmt_sql[NSTMT] = {
     [S_REWRITE_SET] = "UPDATE tasks SET encrypted_payload = ?2, payload = NULL WHERE seq = ?1",
 };
 
-struct mt_store {
-    sqlite3 *db;
-    char *path;
-    int busy_ms;
-    struct timespec busy_since;
-    bool readonly;
-    sqlite3_stmt *stmt[NSTMT];
-};
 
 static const char *const status_names[MT_NSTATUS] = {
     "PENDING", "RUNNING", "SUCCESS", "FAILED", "INTERRUPTED",
@@ -242,7 +177,7 @@ void mt_task_clear(mt_task *t)
 // Turns a failed SQLite call into an MT code and a message naming the file.
 // Reads sqlite3_errmsg first, since the next call on the connection
 // replaces it.
-static int db_err(const mt_store *st, int rc, const char *what, mt_err *err)
+int mt_sq_db_err(const mt_store *st, int rc, const char *what, mt_err *err)
 {
     const char *msg = sqlite3_errmsg(st->db);
     switch (rc & 0xff) {
@@ -280,22 +215,22 @@ static int db_err(const mt_store *st, int rc, const char *what, mt_err *err)
 }
 
 // Steps a statement that returns no rows and resets it.
-static int run(mt_store *st, sqlite3_stmt *s, const char *what, mt_err *err)
+int mt_sq_run(mt_store *st, sqlite3_stmt *s, const char *what, mt_err *err)
 {
     int rc = sqlite3_step(s);
-    int ret = rc == SQLITE_DONE ? MT_OK : db_err(st, rc, what, err);
+    int ret = rc == SQLITE_DONE ? MT_OK : mt_sq_db_err(st, rc, what, err);
     sqlite3_reset(s);  // repeats the step's error, already reported
     return ret;
 }
 
-static int begin(mt_store *st, const char *what, mt_err *err)
+int mt_sq_begin(mt_store *st, const char *what, mt_err *err)
 {
-    return run(st, st->stmt[S_BEGIN], what, err);
+    return mt_sq_run(st, st->stmt[S_BEGIN], what, err);
 }
 
-static int commit(mt_store *st, const char *what, mt_err *err)
+int mt_sq_commit(mt_store *st, const char *what, mt_err *err)
 {
-    return run(st, st->stmt[S_COMMIT], what, err);
+    return mt_sq_run(st, st->stmt[S_COMMIT], what, err);
 }
 
 int mt_store_check_writable(mt_store *st, mt_err *err)
@@ -306,9 +241,9 @@ int mt_store_check_writable(mt_store *st, mt_err *err)
                           "its folder's permissions)",
                           st->path);
     }
-    int ret = begin(st, "check that the database is writable", err);
+    int ret = mt_sq_begin(st, "check that the database is writable", err);
     if (ret == MT_OK) {
-        ret = run(st, st->stmt[S_ROLLBACK], "check that the database is writable", err);
+        ret = mt_sq_run(st, st->stmt[S_ROLLBACK], "check that the database is writable", err);
     }
     return ret;
 }
@@ -316,7 +251,7 @@ int mt_store_check_writable(mt_store *st, mt_err *err)
 // Undoes a failed transaction. SQLite may already have rolled back (after
 // SQLITE_FULL, NOMEM, ...), and a failing ROLLBACK has nothing left to undo,
 // so its result only matters to SQLite, not to the caller's error.
-static void rollback(mt_store *st)
+void mt_sq_rollback(mt_store *st)
 {
     if (!sqlite3_get_autocommit(st->db)) {
         sqlite3_step(st->stmt[S_ROLLBACK]);
@@ -324,13 +259,13 @@ static void rollback(mt_store *st)
     }
 }
 
-static int bind_err(mt_store *st, const char *what, mt_err *err)
+int mt_sq_bind_err(mt_store *st, const char *what, mt_err *err)
 {
-    return db_err(st, sqlite3_errcode(st->db), what, err);
+    return mt_sq_db_err(st, sqlite3_errcode(st->db), what, err);
 }
 
 // Copies a text column; NULL stays NULL.
-static int col_dup(sqlite3_stmt *s, int i, char **out)
+int mt_sq_col_dup(sqlite3_stmt *s, int i, char **out)
 {
     *out = NULL;
     if (sqlite3_column_type(s, i) == SQLITE_NULL) {
@@ -378,7 +313,7 @@ static double col_dbl(sqlite3_stmt *s, int i, double dflt)
 }
 
 // Fills t (overwritten, caller clears) from a row in TASK_COLS order.
-static int fill_task(sqlite3_stmt *s, mt_task *t)
+int mt_sq_fill_task(sqlite3_stmt *s, mt_task *t)
 {
     memset(t, 0, sizeof *t);
     const unsigned char *id = sqlite3_column_text(s, C_ID);
@@ -406,21 +341,21 @@ static int fill_task(sqlite3_stmt *s, mt_task *t)
     p->timeout = col_dbl(s, C_TIMEOUT, d.timeout);
     p->requeue_on_interrupt = col_dbl(s, C_REQUEUE, d.requeue_on_interrupt) != 0;
     p->redact = col_dbl(s, C_REDACT, d.redact) != 0;
-    int ret = col_dup(s, C_TASK, &t->task);
+    int ret = mt_sq_col_dup(s, C_TASK, &t->task);
     if (ret == MT_OK) {
         ret = col_blob(s, C_PAYLOAD, &t->payload, &t->payload_len);
     }
     if (ret == MT_OK) {
-        ret = col_dup(s, C_TOKEN, &t->token);
+        ret = mt_sq_col_dup(s, C_TOKEN, &t->token);
     }
     if (ret == MT_OK) {
-        ret = col_dup(s, C_ERROR, &t->error);
+        ret = mt_sq_col_dup(s, C_ERROR, &t->error);
     }
     if (ret == MT_OK) {
-        ret = col_dup(s, C_TRACEBACK, &t->traceback);
+        ret = mt_sq_col_dup(s, C_TRACEBACK, &t->traceback);
     }
     if (ret == MT_OK) {
-        ret = col_dup(s, C_OWNER, &t->owner);
+        ret = mt_sq_col_dup(s, C_OWNER, &t->owner);
     }
     if (ret != MT_OK) {
         mt_task_clear(t);
@@ -430,8 +365,8 @@ static int fill_task(sqlite3_stmt *s, mt_task *t)
 
 // Runs a one-row query (PRAGMA or SELECT) used only at open or rarely, and
 // returns its first ncol integer columns.
-static int query_ints(mt_store *st, const char *sql, int *out, int ncol, const char *what,
-                      mt_err *err)
+int mt_sq_query_ints(mt_store *st, const char *sql, int *out, int ncol, const char *what,
+                     mt_err *err)
 {
     sqlite3_stmt *s = NULL;
     int rc = sqlite3_prepare_v2(st->db, sql, -1, &s, NULL);
@@ -444,31 +379,31 @@ static int query_ints(mt_store *st, const char *sql, int *out, int ncol, const c
             out[i] = sqlite3_column_int(s, i);
         }
     } else {
-        ret = db_err(st, rc, what, err);
+        ret = mt_sq_db_err(st, rc, what, err);
     }
     sqlite3_finalize(s);
     return ret;
 }
 
-static int exec(mt_store *st, const char *sql, const char *what, mt_err *err)
+int mt_sq_exec(mt_store *st, const char *sql, const char *what, mt_err *err)
 {
     int rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
-    return rc == SQLITE_OK ? MT_OK : db_err(st, rc, what, err);
+    return rc == SQLITE_OK ? MT_OK : mt_sq_db_err(st, rc, what, err);
 }
 
 // Creates the schema unless another process did so since we looked.
 static int create_schema(mt_store *st, mt_err *err)
 {
-    int ret = exec(st, "BEGIN IMMEDIATE", "create the schema", err);
+    int ret = mt_sq_exec(st, "BEGIN IMMEDIATE", "create the schema", err);
     int v[3] = {0};
     if (ret == MT_OK) {
-        ret = query_ints(st, version_sql, v, 3, "read the schema version", err);
+        ret = mt_sq_query_ints(st, version_sql, v, 3, "read the schema version", err);
     }
     if (ret == MT_OK && v[0] == 0 && v[1] == 0) {
-        ret = exec(st, schema_sql, "create the schema", err);
+        ret = mt_sq_exec(st, schema_sql, "create the schema", err);
     }
     if (ret == MT_OK) {
-        ret = exec(st, "COMMIT", "create the schema", err);
+        ret = mt_sq_exec(st, "COMMIT", "create the schema", err);
     }
     if (ret != MT_OK && !sqlite3_get_autocommit(st->db)) {
         sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);  // nothing else to undo
@@ -481,11 +416,11 @@ static int create_schema(mt_store *st, mt_err *err)
 static int check_schema(mt_store *st, mt_err *err)
 {
     int v[3] = {0};
-    int ret = query_ints(st, version_sql, v, 3, "read the schema version", err);
+    int ret = mt_sq_query_ints(st, version_sql, v, 3, "read the schema version", err);
     if (ret == MT_OK && v[0] == 0 && v[1] == 0 && !st->readonly) {
         ret = create_schema(st, err);
         if (ret == MT_OK) {
-            ret = query_ints(st, version_sql, v, 3, "read the schema version", err);
+            ret = mt_sq_query_ints(st, version_sql, v, 3, "read the schema version", err);
         }
     }
     if (ret != MT_OK || (v[0] == SCHEMA_VERSION && v[2] == 2)) {
@@ -554,24 +489,24 @@ static int configure(mt_store *st, const mt_store_opts *opts, mt_err *err)
         sqlite3_wal_hook(st->db, wal_hook, NULL);  // replaces the PASSIVE auto-checkpoint
     }
     if (rc != SQLITE_OK) {
-        return db_err(st, rc, "configure the connection", err);
+        return mt_sq_db_err(st, rc, "configure the connection", err);
     }
     // The schema check comes first: a file that is not ours is refused before
     // anything (such as its journal mode) is changed.
     int ret = check_schema(st, err);
     if (ret == MT_OK && !st->readonly) {
         // In-memory databases answer "memory"; either way the mode is fine.
-        ret = exec(st, "PRAGMA journal_mode = WAL", "switch to WAL mode", err);
+        ret = mt_sq_exec(st, "PRAGMA journal_mode = WAL", "switch to WAL mode", err);
     }
     if (ret == MT_OK) {
         const char *sync =
             opts->full_durability ? "PRAGMA synchronous = FULL" : "PRAGMA synchronous = NORMAL";
-        ret = exec(st, sync, "set the durability level", err);
+        ret = mt_sq_exec(st, sync, "set the durability level", err);
     }
     if (ret == MT_OK) {
         // 16 MiB of page cache per connection: the default 2 MiB made the hot
         // path re-read index pages with pread on every claim.
-        ret = exec(st, "PRAGMA cache_size = -16384", "set the page cache size", err);
+        ret = mt_sq_exec(st, "PRAGMA cache_size = -16384", "set the page cache size", err);
     }
     if (ret == MT_ECORRUPT && (sqlite3_errcode(st->db) & 0xff) == SQLITE_NOTADB) {
         ret = mt_err_set(err, MT_ECORRUPT,
@@ -588,7 +523,7 @@ static int prepare_all(mt_store *st, mt_err *err)
         int rc = sqlite3_prepare_v3(st->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT,
                                     &st->stmt[i], NULL);
         if (rc != SQLITE_OK) {
-            return db_err(st, rc, "prepare statements", err);
+            return mt_sq_db_err(st, rc, "prepare statements", err);
         }
     }
     return MT_OK;
@@ -702,7 +637,7 @@ static int insert_one(mt_store *st, const mt_task_new *t, mt_err *err)
 {
     sqlite3_stmt *s = st->stmt[S_INSERT];
     if (!bind_new(s, t)) {
-        return bind_err(st, "insert tasks", err);
+        return mt_sq_bind_err(st, "insert tasks", err);
     }
     int rc = sqlite3_step(s);
     int ret = MT_OK;
@@ -710,7 +645,7 @@ static int insert_one(mt_store *st, const mt_task_new *t, mt_err *err)
         ret = mt_err_set(err, MT_EINVAL, "cannot insert task %s into %s: %s", t->id, st->path,
                          sqlite3_errmsg(st->db));
     } else if (rc != SQLITE_DONE) {
-        ret = db_err(st, rc, "insert tasks", err);
+        ret = mt_sq_db_err(st, rc, "insert tasks", err);
     }
     sqlite3_reset(s);  // repeats the step's error, already reported
     return ret;
@@ -727,15 +662,15 @@ int mt_store_insert(mt_store *st, const mt_task_new *tasks, size_t n, mt_err *er
     if (n == 0) {
         return MT_OK;
     }
-    int ret = begin(st, "insert tasks", err);
+    int ret = mt_sq_begin(st, "insert tasks", err);
     for (size_t i = 0; ret == MT_OK && i < n; i++) {
         ret = insert_one(st, &tasks[i], err);
     }
     if (ret == MT_OK) {
-        ret = commit(st, "insert tasks", err);
+        ret = mt_sq_commit(st, "insert tasks", err);
     }
     if (ret != MT_OK) {
-        rollback(st);
+        mt_sq_rollback(st);
     }
     return ret;
 }
@@ -768,7 +703,7 @@ static int claim_rows(mt_store *st, double now, const char *owner, bool ahead, c
         sqlite3_bind_text(s, 2, owner, -1, SQLITE_STATIC) != SQLITE_OK ||
         sqlite3_bind_double(s, 3, now) != SQLITE_OK ||
         sqlite3_bind_int64(s, 4, limit) != SQLITE_OK) {
-        return bind_err(st, "claim tasks", err);
+        return mt_sq_bind_err(st, "claim tasks", err);
     }
     int ret = MT_OK;
     int rc = SQLITE_DONE;
@@ -776,27 +711,27 @@ static int claim_rows(mt_store *st, double now, const char *owner, bool ahead, c
         claimed *r = &c[*got];
         r->run_at = sqlite3_column_double(s, C_RUN_AT);
         r->seq = sqlite3_column_int64(s, C_SEQ);
-        if (fill_task(s, &r->t) != MT_OK) {
+        if (mt_sq_fill_task(s, &r->t) != MT_OK) {
             ret = mt_err_set(err, MT_ENOMEM, "out of memory claiming tasks from %s", st->path);
             break;
         }
         (*got)++;
     }
     if (ret == MT_OK && *got < max && rc != SQLITE_DONE) {
-        ret = db_err(st, rc, "claim tasks", err);
+        ret = mt_sq_db_err(st, rc, "claim tasks", err);
     }
     sqlite3_reset(s);
     return ret;
 }
 
 // Looks a task up by id; *found says whether it exists (no error if not).
-static int find_task(mt_store *st, const char *id, int64_t *seq, int *status, bool *found,
-                     mt_err *err)
+int mt_sq_find_task(mt_store *st, const char *id, int64_t *seq, int *status, bool *found,
+                    mt_err *err)
 {
     sqlite3_stmt *s = st->stmt[S_FIND];
     *found = false;
     if (sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
-        return bind_err(st, "look up a task", err);
+        return mt_sq_bind_err(st, "look up a task", err);
     }
     int rc = sqlite3_step(s);
     int ret = MT_OK;
@@ -805,13 +740,13 @@ static int find_task(mt_store *st, const char *id, int64_t *seq, int *status, bo
         *seq = sqlite3_column_int64(s, 0);
         *status = sqlite3_column_int(s, 1);
     } else if (rc != SQLITE_DONE) {
-        ret = db_err(st, rc, "look up a task", err);
+        ret = mt_sq_db_err(st, rc, "look up a task", err);
     }
     sqlite3_reset(s);
     return ret;
 }
 
-static int insert_logs(mt_store *st, int64_t seq, const mt_log_entry *logs, size_t n, mt_err *err)
+int mt_sq_insert_logs(mt_store *st, int64_t seq, const mt_log_entry *logs, size_t n, mt_err *err)
 {
     sqlite3_stmt *s = st->stmt[S_LOG_ADD];
     int ret = MT_OK;
@@ -823,9 +758,9 @@ static int insert_logs(mt_store *st, int64_t seq, const mt_log_entry *logs, size
             sqlite3_bind_text(s, 4, l->level, -1, SQLITE_STATIC) != SQLITE_OK ||
             sqlite3_bind_text(s, 5, l->message, -1, SQLITE_STATIC) != SQLITE_OK ||
             sqlite3_bind_text(s, 6, l->extras_json, -1, SQLITE_STATIC) != SQLITE_OK) {
-            ret = bind_err(st, "store task logs", err);
+            ret = mt_sq_bind_err(st, "store task logs", err);
         } else {
-            ret = run(st, s, "store task logs", err);
+            ret = mt_sq_run(st, s, "store task logs", err);
         }
     }
     return ret;
@@ -835,9 +770,9 @@ static int unclaim_one(mt_store *st, const mt_outcome *o, mt_err *err)
 {
     sqlite3_stmt *s = st->stmt[S_UNCLAIM];
     if (sqlite3_bind_text(s, 1, o->id, -1, SQLITE_STATIC) != SQLITE_OK) {
-        return bind_err(st, "give back an unstarted task", err);
+        return mt_sq_bind_err(st, "give back an unstarted task", err);
     }
-    return run(st, s, "give back an unstarted task", err);
+    return mt_sq_run(st, s, "give back an unstarted task", err);
 }
 
 static int seq_step(mt_store *st, int which, int64_t seq, const double *at, const char *what,
@@ -846,9 +781,9 @@ static int seq_step(mt_store *st, int which, int64_t seq, const double *at, cons
     sqlite3_stmt *s = st->stmt[which];
     if (sqlite3_bind_int64(s, 1, seq) != SQLITE_OK ||
         (at != NULL && sqlite3_bind_double(s, 2, *at) != SQLITE_OK)) {
-        return bind_err(st, what, err);
+        return mt_sq_bind_err(st, what, err);
     }
-    return run(st, s, what, err);
+    return mt_sq_run(st, s, what, err);
 }
 
 static int finish_one(mt_store *st, const mt_outcome *o, mt_err *err)
@@ -876,9 +811,9 @@ static int finish_one(mt_store *st, const mt_outcome *o, mt_err *err)
     }
     if (rc != SQLITE_OK || sqlite3_bind_text(s, 5, o->error, -1, SQLITE_STATIC) != SQLITE_OK ||
         sqlite3_bind_text(s, 6, o->traceback, -1, SQLITE_STATIC) != SQLITE_OK) {
-        return bind_err(st, "record task results", err);
+        return mt_sq_bind_err(st, "record task results", err);
     }
-    int ret = run(st, s, "record task results", err);
+    int ret = mt_sq_run(st, s, "record task results", err);
     if (ret != MT_OK || o->nlogs == 0) {
         return ret;
     }
@@ -886,10 +821,10 @@ static int finish_one(mt_store *st, const mt_outcome *o, mt_err *err)
     int status = 0;
     bool found = seq > 0;
     if (!found) {
-        ret = find_task(st, o->id, &seq, &status, &found, err);
+        ret = mt_sq_find_task(st, o->id, &seq, &status, &found, err);
     }
     if (ret == MT_OK && found) {  // logs of a task deleted meanwhile have no home
-        ret = insert_logs(st, seq, o->logs, o->nlogs, err);
+        ret = mt_sq_insert_logs(st, seq, o->logs, o->nlogs, err);
     }
     return ret;
 }
@@ -925,7 +860,7 @@ int mt_store_round(mt_store *st, mt_round *r, mt_err *err)
         }
     }
     size_t got = 0;
-    ret = begin(st, "record results and claim tasks", err);
+    ret = mt_sq_begin(st, "record results and claim tasks", err);
     for (size_t i = 0; ret == MT_OK && i < r->nstarts; i++) {
         ret = seq_step(st, S_START, r->starts[i].seq, &r->starts[i].at, "record a task start", err);
     }
@@ -936,10 +871,10 @@ int mt_store_round(mt_store *st, mt_round *r, mt_err *err)
         ret = claim_rows(st, r->now, r->owner, r->claim_ahead, c, r->max, &got, err);
     }
     if (ret == MT_OK) {
-        ret = commit(st, "record results and claim tasks", err);
+        ret = mt_sq_commit(st, "record results and claim tasks", err);
     }
     if (ret != MT_OK) {
-        rollback(st);
+        mt_sq_rollback(st);
         for (size_t i = 0; i < got; i++) {
             mt_task_clear(&c[i].t);
         }
@@ -973,544 +908,4 @@ int mt_store_finish(mt_store *st, const mt_outcome *outs, size_t n, mt_err *err)
 {
     mt_round r = {.outs = outs, .nouts = n};
     return mt_store_round(st, &r, err);
-}
-
-int mt_store_add_logs(mt_store *st, const char *id, const mt_log_entry *logs, size_t n, mt_err *err)
-{
-    if (id == NULL || (n > 0 && logs == NULL)) {
-        return mt_err_set(err, MT_EINVAL, "add_logs needs a task id and log entries");
-    }
-    int64_t seq = 0;
-    int status = 0;
-    bool found = false;
-    int ret = begin(st, "store task logs", err);
-    if (ret == MT_OK) {
-        ret = find_task(st, id, &seq, &status, &found, err);
-    }
-    if (ret == MT_OK && !found) {
-        ret = mt_err_set(err, MT_ENOTFOUND, "no task with id %s", id);
-    }
-    if (ret == MT_OK) {
-        ret = insert_logs(st, seq, logs, n, err);
-    }
-    if (ret == MT_OK) {
-        ret = commit(st, "store task logs", err);
-    }
-    if (ret != MT_OK) {
-        rollback(st);
-    }
-    return ret;
-}
-
-int mt_store_get(mt_store *st, const char *id, mt_task *out, mt_err *err)
-{
-    memset(out, 0, sizeof *out);
-    if (id == NULL) {
-        return mt_err_set(err, MT_EINVAL, "no task id given");
-    }
-    sqlite3_stmt *s = st->stmt[S_GET];
-    if (sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC) != SQLITE_OK) {
-        return bind_err(st, "read a task", err);
-    }
-    int rc = sqlite3_step(s);
-    int ret = MT_OK;
-    if (rc == SQLITE_ROW) {
-        if (fill_task(s, out) != MT_OK) {
-            ret = mt_err_set(err, MT_ENOMEM, "out of memory reading task %s", id);
-        }
-    } else if (rc == SQLITE_DONE) {
-        ret = mt_err_set(err, MT_ENOTFOUND, "no task with id %s", id);
-    } else {
-        ret = db_err(st, rc, "read a task", err);
-    }
-    sqlite3_reset(s);
-    return ret;
-}
-
-// A callback that calls back into the same walk would reset the statement
-// under our feet; refuse instead.
-static int check_idle(sqlite3_stmt *s, const char *what, mt_err *err)
-{
-    if (sqlite3_stmt_busy(s)) {
-        return mt_err_set(err, MT_ESTATE, "%s called from its own callback", what);
-    }
-    return MT_OK;
-}
-
-static int bind_filter(sqlite3_stmt *s, int status, const char *task, size_t limit)
-{
-    sqlite3_int64 lim = limit == 0 || limit > INT64_MAX ? -1 : (sqlite3_int64)limit;
-    int rc = status >= 0 ? sqlite3_bind_int(s, 1, status) : SQLITE_OK;
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_bind_text(s, 2, task, -1, SQLITE_STATIC);
-    }
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_bind_int64(s, 3, lim);
-    }
-    return rc;
-}
-
-int mt_store_list(mt_store *st, const mt_filter *f, mt_task_cb cb, void *ud, mt_err *err)
-{
-    mt_filter all = {.status = -1, .task = NULL, .limit = 0};
-    if (f == NULL) {
-        f = &all;
-    }
-    if (cb == NULL || f->status < -1 || f->status >= MT_NSTATUS) {
-        return mt_err_set(err, MT_EINVAL, "list needs a callback and a valid status filter");
-    }
-    sqlite3_stmt *s = st->stmt[f->status >= 0 ? S_LIST_STATUS : S_LIST];
-    int ret = check_idle(s, "mt_store_list", err);
-    if (ret != MT_OK) {
-        return ret;
-    }
-    if (bind_filter(s, f->status, f->task, f->limit) != SQLITE_OK) {
-        return bind_err(st, "list tasks", err);
-    }
-    int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        mt_task t;
-        if (fill_task(s, &t) != MT_OK) {
-            ret = mt_err_set(err, MT_ENOMEM, "out of memory listing tasks in %s", st->path);
-            break;
-        }
-        ret = cb(ud, &t);
-        mt_task_clear(&t);
-        if (ret != 0) {
-            break;
-        }
-    }
-    if (ret == MT_OK && rc != SQLITE_DONE) {
-        ret = db_err(st, rc, "list tasks", err);
-    }
-    sqlite3_reset(s);
-    return ret;
-}
-
-int mt_store_logs(mt_store *st, const char *id, mt_log_cb cb, void *ud, mt_err *err)
-{
-    if (id == NULL || cb == NULL) {
-        return mt_err_set(err, MT_EINVAL, "logs needs a task id and a callback");
-    }
-    sqlite3_stmt *s = st->stmt[S_LOGS];
-    int64_t seq = 0;
-    int status = 0;
-    bool found = false;
-    int ret = check_idle(s, "mt_store_logs", err);
-    if (ret == MT_OK) {
-        ret = find_task(st, id, &seq, &status, &found, err);
-    }
-    if (ret == MT_OK && !found) {
-        ret = mt_err_set(err, MT_ENOTFOUND, "no task with id %s", id);
-    }
-    if (ret != MT_OK) {
-        return ret;
-    }
-    if (sqlite3_bind_int64(s, 1, seq) != SQLITE_OK) {
-        return bind_err(st, "read task logs", err);
-    }
-    int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        // Column pointers stay valid until the next step: borrowed as promised.
-        mt_log_row row = {
-            .attempt = sqlite3_column_int(s, 0),
-            .time = sqlite3_column_double(s, 1),
-            .level = (const char *)sqlite3_column_text(s, 2),
-            .message = (const char *)sqlite3_column_text(s, 3),
-            .extras_json = (const char *)sqlite3_column_text(s, 4),
-        };
-        ret = cb(ud, &row);
-        if (ret != 0) {
-            break;
-        }
-    }
-    if (ret == MT_OK && rc != SQLITE_DONE) {
-        ret = db_err(st, rc, "read task logs", err);
-    }
-    sqlite3_reset(s);
-    return ret;
-}
-
-int mt_store_retry(mt_store *st, const char *id, double now, mt_err *err)
-{
-    if (id == NULL) {
-        return mt_err_set(err, MT_EINVAL, "no task id given");
-    }
-    sqlite3_stmt *s = st->stmt[S_RETRY];
-    if (sqlite3_bind_text(s, 1, id, -1, SQLITE_STATIC) != SQLITE_OK ||
-        sqlite3_bind_double(s, 2, now) != SQLITE_OK) {
-        return bind_err(st, "retry a task", err);
-    }
-    // The guarded UPDATE is the atomic check; the lookup after it only
-    // explains a refusal.
-    int ret = run(st, s, "retry a task", err);
-    if (ret != MT_OK || sqlite3_changes(st->db) > 0) {
-        return ret;
-    }
-    int64_t seq = 0;
-    int status = 0;
-    bool found = false;
-    ret = find_task(st, id, &seq, &status, &found, err);
-    if (ret != MT_OK) {
-        return ret;
-    }
-    if (!found) {
-        return mt_err_set(err, MT_ENOTFOUND, "no task with id %s", id);
-    }
-    return mt_err_set(err, MT_ESTATE,
-                      "task %s is %s; only FAILED or INTERRUPTED tasks can be retried", id,
-                      mt_status_name(status));
-}
-
-// Requeues or interrupts the RUNNING tasks of one owner (NULL matches rows
-// with no owner). Runs inside the caller's transaction.
-static int stop_owner(mt_store *st, const char *owner, double now, const char *why,
-                      int *interrupted, int *requeued, mt_err *err)
-{
-    sqlite3_stmt *u = st->stmt[S_RESTORE_UNSTARTED];
-    if (sqlite3_bind_text(u, 1, owner, -1, SQLITE_STATIC) != SQLITE_OK) {
-        return bind_err(st, "interrupt tasks", err);
-    }
-    int r0 = run(st, u, "give back unstarted tasks", err);
-    if (r0 != MT_OK) {
-        return r0;
-    }
-    *requeued += sqlite3_changes(st->db);
-    static const int order[2] = {S_REQUEUE, S_INTERRUPT};  // requeue first: it is narrower
-    int *counts[2] = {requeued, interrupted};
-    for (int i = 0; i < 2; i++) {
-        sqlite3_stmt *s = st->stmt[order[i]];
-        if (sqlite3_bind_text(s, 1, owner, -1, SQLITE_STATIC) != SQLITE_OK ||
-            sqlite3_bind_double(s, 2, now) != SQLITE_OK ||
-            sqlite3_bind_text(s, 3, why, -1, SQLITE_STATIC) != SQLITE_OK) {
-            return bind_err(st, "interrupt tasks", err);
-        }
-        int ret = run(st, s, "interrupt tasks", err);
-        if (ret != MT_OK) {
-            return ret;
-        }
-        *counts[i] += sqlite3_changes(st->db);
-    }
-    return MT_OK;
-}
-
-typedef struct owner_entry {
-    char *name;  // NULL for RUNNING rows without an owner
-    bool dead;
-} owner_entry;
-
-// Copies the distinct owners of RUNNING tasks, so that the liveness
-// callback runs with no statement open (it may be slow, or use the store).
-static int running_owners(mt_store *st, owner_entry **out, size_t *n, mt_err *err)
-{
-    sqlite3_stmt *s = st->stmt[S_OWNERS];
-    owner_entry *v = NULL;
-    size_t len = 0, cap = 0;
-    int ret = MT_OK;
-    int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        if (len == cap) {
-            cap = cap ? cap * 2 : 8;
-            owner_entry *nv = realloc(v, cap * sizeof *v);
-            if (nv == NULL) {
-                ret = MT_ENOMEM;
-                break;
-            }
-            v = nv;
-        }
-        v[len].dead = false;
-        if (col_dup(s, 0, &v[len].name) != MT_OK) {
-            ret = MT_ENOMEM;
-            break;
-        }
-        len++;
-    }
-    if (ret == MT_ENOMEM) {
-        mt_err_set(err, ret, "out of memory reading engine owners from %s", st->path);
-    } else if (rc != SQLITE_DONE) {
-        ret = db_err(st, rc, "find running tasks", err);
-    }
-    sqlite3_reset(s);
-    *out = v;
-    *n = len;
-    return ret;
-}
-
-int mt_store_recover(mt_store *st, double now, mt_alive_cb alive, void *ud, int *interrupted,
-                     int *requeued, mt_err *err)
-{
-    int ni = 0, nr = 0;
-    if (alive == NULL) {
-        return mt_err_set(err, MT_EINVAL, "recover needs a liveness callback");
-    }
-    owner_entry *owners = NULL;
-    size_t n = 0;
-    int ret = running_owners(st, &owners, &n, err);
-    size_t ndead = 0;
-    for (size_t i = 0; ret == MT_OK && i < n; i++) {
-        // Nothing can be running a task with no owner.
-        owners[i].dead = owners[i].name == NULL || !alive(ud, owners[i].name);
-        ndead += owners[i].dead;
-    }
-    if (ret == MT_OK && ndead > 0) {
-        ret = begin(st, "recover tasks", err);
-        for (size_t i = 0; ret == MT_OK && i < n; i++) {
-            if (owners[i].dead) {
-                ret = stop_owner(st, owners[i].name, now, STOPPED_WHY, &ni, &nr, err);
-            }
-        }
-        if (ret == MT_OK) {
-            ret = commit(st, "recover tasks", err);
-        }
-        if (ret != MT_OK) {
-            rollback(st);
-            ni = nr = 0;
-        }
-    }
-    for (size_t i = 0; i < n; i++) {
-        free(owners[i].name);
-    }
-    free(owners);
-    if (interrupted != NULL) {
-        *interrupted = ni;
-    }
-    if (requeued != NULL) {
-        *requeued = nr;
-    }
-    return ret;
-}
-
-int mt_store_interrupt_owner(mt_store *st, const char *owner, double now, const char *why,
-                             int *interrupted, int *requeued, mt_err *err)
-{
-    int ni = 0, nr = 0;
-    if (owner == NULL) {
-        return mt_err_set(err, MT_EINVAL, "interrupt_owner needs an owner");
-    }
-    int ret = begin(st, "interrupt tasks", err);
-    if (ret == MT_OK) {
-        ret = stop_owner(st, owner, now, why != NULL ? why : STOPPED_WHY, &ni, &nr, err);
-    }
-    if (ret == MT_OK) {
-        ret = commit(st, "interrupt tasks", err);
-    }
-    if (ret != MT_OK) {
-        rollback(st);
-        ni = nr = 0;
-    }
-    if (interrupted != NULL) {
-        *interrupted = ni;
-    }
-    if (requeued != NULL) {
-        *requeued = nr;
-    }
-    return ret;
-}
-
-int mt_store_counts(mt_store *st, int64_t counts[MT_NSTATUS], mt_err *err)
-{
-    for (int i = 0; i < MT_NSTATUS; i++) {
-        counts[i] = 0;
-    }
-    sqlite3_stmt *s = st->stmt[S_COUNTS];
-    int rc;
-    while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-        int status = sqlite3_column_int(s, 0);
-        if (status >= 0 && status < MT_NSTATUS) {
-            counts[status] = sqlite3_column_int64(s, 1);
-        }
-    }
-    int ret = rc == SQLITE_DONE ? MT_OK : db_err(st, rc, "count tasks", err);
-    sqlite3_reset(s);
-    return ret;
-}
-
-// Steps a one-row aggregate; *isnull says whether its value is NULL.
-static int aggregate(mt_store *st, int which, sqlite3_int64 *i, double *d, bool *isnull,
-                     const char *what, mt_err *err)
-{
-    sqlite3_stmt *s = st->stmt[which];
-    int rc = sqlite3_step(s);
-    int ret = MT_OK;
-    if (rc == SQLITE_ROW) {
-        *isnull = sqlite3_column_type(s, 0) == SQLITE_NULL;
-        *i = sqlite3_column_int64(s, 0);
-        *d = sqlite3_column_double(s, 0);
-    } else {
-        ret = db_err(st, rc, what, err);
-    }
-    sqlite3_reset(s);
-    return ret;
-}
-
-int mt_store_next_run_at(mt_store *st, double *at, bool *any, mt_err *err)
-{
-    sqlite3_int64 i = 0;
-    bool isnull = true;
-    *at = 0;
-    int ret = aggregate(st, S_NEXT, &i, at, &isnull, "find the next due task", err);
-    *any = ret == MT_OK && !isnull;
-    return ret;
-}
-
-int mt_store_count_waiting(mt_store *st, double now, int64_t *n, mt_err *err)
-{
-    sqlite3_int64 i = 0;
-    double d = 0;
-    bool isnull = true;
-    *n = 0;
-    if (sqlite3_bind_double(st->stmt[S_WAITING], 1, now) != SQLITE_OK) {
-        return bind_err(st, "count waiting tasks", err);
-    }
-    int ret = aggregate(st, S_WAITING, &i, &d, &isnull, "count waiting tasks", err);
-    *n = ret == MT_OK ? i : 0;
-    return ret;
-}
-
-int mt_store_count_encrypted(mt_store *st, int64_t *n, mt_err *err)
-{
-    sqlite3_int64 i = 0;
-    double d = 0;
-    bool isnull = true;
-    int ret = aggregate(st, S_COUNT_ENC, &i, &d, &isnull, "count encrypted tasks", err);
-    *n = ret == MT_OK ? i : 0;
-    return ret;
-}
-
-typedef struct rewrite_row {
-    int64_t seq;
-    mt_task t;
-} rewrite_row;
-
-// Reads the next batch of rewritable rows after seq `after`. Batches keep
-// memory bounded and mean no SELECT cursor is open while rows are updated.
-static int rewrite_fetch(mt_store *st, int64_t after, rewrite_row *rows, size_t *n, mt_err *err)
-{
-    sqlite3_stmt *s = st->stmt[S_REWRITE_GET];
-    *n = 0;
-    if (sqlite3_bind_int64(s, 1, after) != SQLITE_OK ||
-        sqlite3_bind_int(s, 2, REWRITE_BATCH) != SQLITE_OK) {
-        return bind_err(st, "read tasks to re-encrypt", err);
-    }
-    int ret = MT_OK;
-    int rc = SQLITE_DONE;
-    while (*n < REWRITE_BATCH && (rc = sqlite3_step(s)) == SQLITE_ROW) {
-        rows[*n].seq = sqlite3_column_int64(s, C_SEQ);
-        if (fill_task(s, &rows[*n].t) != MT_OK) {
-            ret = mt_err_set(err, MT_ENOMEM, "out of memory re-encrypting tasks in %s", st->path);
-            break;
-        }
-        (*n)++;
-    }
-    if (ret == MT_OK && *n < REWRITE_BATCH && rc != SQLITE_DONE) {
-        ret = db_err(st, rc, "read tasks to re-encrypt", err);
-    }
-    sqlite3_reset(s);
-    return ret;
-}
-
-static int rewrite_apply(mt_store *st, const rewrite_row *rows, size_t n, mt_rewrite_cb cb,
-                         void *ud, int64_t *count, mt_err *err)
-{
-    sqlite3_stmt *s = st->stmt[S_REWRITE_SET];
-    int ret = MT_OK;
-    for (size_t i = 0; ret == MT_OK && i < n; i++) {
-        char *token = NULL;
-        int rc = cb(ud, &rows[i].t, &token);
-        if (rc != MT_OK && err != NULL && err->code == rc && err->msg != NULL) {
-            ret = rc;  // the callback said why, in its own words
-        } else if (rc != MT_OK) {
-            ret = mt_err_set(err, rc, "key rotation stopped at task %s (%s); nothing was changed",
-                             rows[i].t.id, mt_strerror(rc));
-        } else if (token == NULL) {
-            ret = mt_err_set(err, MT_EINVAL, "key rotation got no token for task %s", rows[i].t.id);
-        } else if (sqlite3_bind_int64(s, 1, rows[i].seq) != SQLITE_OK ||
-                   sqlite3_bind_text(s, 2, token, -1, SQLITE_STATIC) != SQLITE_OK) {
-            ret = bind_err(st, "re-encrypt tasks", err);
-        } else {
-            ret = run(st, s, "re-encrypt tasks", err);
-            *count += ret == MT_OK;
-        }
-        free(token);
-    }
-    return ret;
-}
-
-// Rewrites every eligible row inside one transaction; rolls back on error.
-static int rewrite_all(mt_store *st, mt_rewrite_cb cb, void *ud, int64_t *count, mt_err *err)
-{
-    rewrite_row *rows = calloc(REWRITE_BATCH, sizeof *rows);
-    if (rows == NULL) {
-        return mt_err_set(err, MT_ENOMEM, "out of memory re-encrypting tasks in %s", st->path);
-    }
-    int ret = begin(st, "re-encrypt tasks", err);
-    int64_t after = INT64_MIN;
-    while (ret == MT_OK) {
-        size_t n = 0;
-        ret = rewrite_fetch(st, after, rows, &n, err);
-        if (ret == MT_OK && n > 0) {
-            after = rows[n - 1].seq;
-            ret = rewrite_apply(st, rows, n, cb, ud, count, err);
-        }
-        for (size_t i = 0; i < n; i++) {
-            mt_task_clear(&rows[i].t);  // wipes plaintext payloads
-        }
-        if (n < REWRITE_BATCH) {
-            break;
-        }
-    }
-    if (ret == MT_OK) {
-        ret = commit(st, "re-encrypt tasks", err);
-    }
-    if (ret != MT_OK) {
-        rollback(st);
-        *count = 0;
-    }
-    free(rows);
-    return ret;
-}
-
-int mt_store_rewrite_payloads(mt_store *st, mt_rewrite_cb cb, void *ud, int64_t *count, mt_err *err)
-{
-    static const char *const secure_sql[3] = {
-        "PRAGMA secure_delete = OFF", "PRAGMA secure_delete = ON", "PRAGMA secure_delete = FAST"};
-    int64_t done = 0;
-    if (cb == NULL) {
-        return mt_err_set(err, MT_EINVAL, "key rotation needs a callback");
-    }
-    // secure_delete zeroes the pages and cells the old payloads leave behind
-    // in the main file; it is set before BEGIN as SQLite reads it per page.
-    int prior = 0;
-    int ret = query_ints(st, "PRAGMA secure_delete", &prior, 1, "read secure_delete", err);
-    bool restore = false;
-    if (ret == MT_OK) {
-        ret = exec(st, secure_sql[1], "turn on secure_delete", err);
-        restore = ret == MT_OK;
-    }
-    if (ret == MT_OK) {
-        ret = rewrite_all(st, cb, ud, &done, err);
-    }
-    // The WAL still holds old page images (maybe plaintext) until a TRUNCATE
-    // checkpoint copies them home and empties it; a reader that pins them
-    // makes the checkpoint report busy.
-    int busy = 0;
-    if (ret == MT_OK) {
-        ret = query_ints(st, "PRAGMA wal_checkpoint(TRUNCATE)", &busy, 1,
-                         "checkpoint the write-ahead log", err);
-    }
-    if (ret == MT_OK && busy != 0) {
-        ret = mt_err_set(err, MT_EBUSY,
-                         "re-encrypted %lld tasks, but another connection kept old copies in "
-                         "the write-ahead log of %s; run the rotation again with engines stopped",
-                         (long long)done, st->path);
-    }
-    if (restore) {
-        int r = exec(st, secure_sql[prior >= 0 && prior <= 2 ? prior : 1], "restore secure_delete",
-                     ret == MT_OK ? err : NULL);
-        ret = ret == MT_OK ? r : ret;
-    }
-    if (count != NULL) {
-        *count = done;
-    }
-    return ret;
 }
