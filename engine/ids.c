@@ -46,7 +46,8 @@ int mt_uuid4(char out[37])
     return MT_OK;
 }
 
-// Field 22 of /proc/PID/stat (clock ticks since boot); 0 when unreadable.
+// Field 22 of /proc/PID/stat (clock ticks since boot); 0 when unreadable
+// or when the process is a zombie (dead, waiting to be reaped).
 static unsigned long long proc_starttime(long pid)
 {
     char path[64];
@@ -68,6 +69,9 @@ static unsigned long long proc_starttime(long pid)
     unsigned long long start = 0;
     // The command name may hold spaces and parentheses: count from the last ')'.
     const char *p = line.data ? strrchr((const char *)line.data, ')') : NULL;
+    if (p != NULL && (p[1] == ' ') && (p[2] == 'Z' || p[2] == 'X')) {
+        p = NULL;
+    }
     if (p != NULL) {
         int field = 2;
         for (p++; *p && field < 22; p++) {

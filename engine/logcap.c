@@ -130,7 +130,13 @@ int mt_sink_format(const mt_sink_entry *e, mt_buf *out)
     }
     int rc = mt_buf_printf(out, "%s.%03dZ %-7s ", stamp, ms, level);
     if (rc == MT_OK && e->id != NULL) {
-        rc = mt_buf_printf(out, "[%s %s #%d] ", e->task ? e->task : "?", e->id, e->attempt);
+        rc = mt_buf_append(out, "[", 1);
+        if (rc == MT_OK) {
+            rc = append_escaped(out, e->task ? e->task : "?");
+        }
+        if (rc == MT_OK) {
+            rc = mt_buf_printf(out, " %s #%d] ", e->id, e->attempt);
+        }
     }
     if (rc == MT_OK) {
         rc = append_escaped(out, e->message ? e->message : "");

@@ -70,8 +70,8 @@ static int m_task(lua_State *L)
     const char *name = luaL_checkstring(L, 1);
     int fn_idx = lua_istable(L, 2) ? 3 : 2;
     luaL_checktype(L, fn_idx, LUA_TFUNCTION);
-    if (*name == 0) {
-        return luaL_argerror(L, 1, "task name must not be empty");
+    if (!mt_engine_valid_name(name)) {
+        return luaL_argerror(L, 1, "task name must be 1 to 200 bytes without control characters");
     }
     mt_policy_spec *spec = lua_newuserdatauv(L, sizeof *spec, 0);
     memset(spec, 0, sizeof *spec);

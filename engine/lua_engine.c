@@ -48,6 +48,18 @@ const char *mt_engine_owner(const mt_engine *e)
     return e->owner;
 }
 
+bool mt_engine_valid_name(const char *name)
+{
+    size_t n = strlen(name);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c < 0x20 || c == 0x7f) {
+            return false;
+        }
+    }
+    return n > 0 && n <= 200;
+}
+
 void mt_engine_set_strict(mt_engine *e)
 {
     e->strict = true;
@@ -371,6 +383,10 @@ int mt_engine_enqueue(lua_State *L, mt_engine *e, const char *task, int first, i
                       const mt_enqueue_opts *o, char id[37], mt_err *err)
 {
     first = lua_absindex(L, first);
+    if (!mt_engine_valid_name(task)) {
+        return mt_err_set(err, MT_EINVAL,
+                          "task name must be 1 to 200 bytes without control characters");
+    }
     mt_engine_push_tasks(L);  // tasks
     bool any = e->strict || (lua_pushnil(L), lua_next(L, -2) != 0);
     if (any && !e->strict) {

@@ -40,6 +40,10 @@ void mt_policy_overlay(mt_policy *p, const mt_policy_spec *spec);
 // Creates an engine that runs tasks in L, which it does not own.
 int mt_engine_open(lua_State *L, const mt_engine_cfg *cfg, mt_engine **out, mt_err *err);
 
+// A task name: 1 to 200 bytes, no control characters (names are printed on
+// terminals and in log lines).
+bool mt_engine_valid_name(const char *name);
+
 // From now on enqueue refuses task names the state's registry lacks, even
 // when no task is registered at all (the engine's scripts are loaded).
 void mt_engine_set_strict(mt_engine *e);

@@ -606,6 +606,7 @@ static int start_threads(pool *p, worker *ws, mt_err *err)
     sigemptyset(&block);
     sigaddset(&block, SIGINT);
     sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &block, &old);  // only the main thread takes signals
     int rc = MT_OK;
     if (pthread_create(&p->disp, NULL, dispatcher_main, p) != 0) {
@@ -734,16 +735,22 @@ int mt_api_run(lua_State *L)
     if (rc == MT_OK) {
         rc = prepare(p, &err);
     }
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    got_signal = 0;
-    signal_count = 0;
+    // Scripts load before the handlers exist: a script stuck at load time
+    // still dies on SIGINT/SIGTERM (nothing is claimed yet).
     if (rc == MT_OK) {
         rc = create_engines(p, ws, scripts, nscripts, &err);
     }
+    struct sigaction sa, ign, old_int, old_term, old_hup, old_pipe;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGHUP, &sa, &old_hup);     // a closed terminal: shut down gracefully
+    sigaction(SIGPIPE, &ign, &old_pipe);  // a closed stdout pipe: writes fail, tasks go on
+    got_signal = 0;
+    signal_count = 0;
     if (rc == MT_OK) {
         rc = start_threads(p, ws, &err);
     }
@@ -759,6 +766,8 @@ int mt_api_run(lua_State *L)
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    sigaction(SIGHUP, &old_hup, NULL);
+    sigaction(SIGPIPE, &old_pipe, NULL);
     for (int i = 0; i < p->nworkers; i++) {
         mt_engine_free(ws[i].e);
         ws[i].e = NULL;

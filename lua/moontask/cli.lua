@@ -92,7 +92,8 @@ end
 
 local commands = {}
 
-function commands.keygen()
+function commands.keygen(args)
+  if #args > 0 then return err(2, "keygen takes no arguments") end
   local key, msg = moontask.keygen()
   if not key then return err(1, "%s", msg) end
   io.write(key, "\n")
@@ -146,6 +147,11 @@ function commands.add(args, cfgpath)
   if not settings then return err(2, "%s", msg) end
   local e, emsg, ecode = open_engine(settings, true, true)
   if not e then return err(ecode, "%s", emsg) end
+  if #settings.keys == 0 and (e:count_encrypted() or 0) > 0 then
+    e:close()
+    return err(2, "%s holds tasks with encrypted arguments but this config has no encryption "
+      .. "key; set encrypt_args_key so that new arguments are encrypted too", settings.database)
+  end
   local ok, id, amsg = pcall(e.add, e, pos[1], table.unpack(values, 1, values.n))
   e:close()
   if not ok then return err(2, "%s", tostring(id)) end
@@ -256,9 +262,14 @@ commands["rotate-key"] = function(args, cfgpath)
   local e, emsg, ecode = open_engine(settings, true, false)
   if not e then return err(ecode, "%s", emsg) end
   local n, rmsg = e:rotate_key()
+  local running = n and (e:counts() or {}).RUNNING or 0
   e:close()
   if not n then return err(1, "rotate-key: %s", rmsg) end
   io.write(string.format("rotate-key: re-encrypted %d task(s) with the first key\n", n))
+  if running > 0 then
+    io.stderr:write(string.format("rotate-key: %d RUNNING task(s) keep their old token; run "
+      .. "rotate-key again once they have finished, before you remove the old key\n", running))
+  end
   return 0
 end
 

@@ -54,7 +54,9 @@ end
 local function is_abs(path) return path:sub(1, 1) == "/" end
 
 local function dirname(path)
-  return path:match("^(.*)/[^/]*$") or "."
+  local d = path:match("^(.*)/[^/]*$")
+  if d == nil then return "." end
+  return d == "" and "/" or d
 end
 
 local function resolve(base, path)
@@ -158,6 +160,12 @@ local function collect_keys(where, t, base)
     if type(list) ~= "table" or #list == 0 then
       fail(where, "key 'encrypt_args_keys' must be a non-empty list of keys, newest first")
     end
+    for k in pairs(list) do
+      if math.type(k) ~= "integer" or k < 1 or k > #list then
+        fail(where, "key 'encrypt_args_keys' must be a list without holes or named entries "
+          .. "(entry %s)", tostring(k))
+      end
+    end
     local keys = {}
     for i, k in ipairs(list) do
       if type(k) ~= "string" then
@@ -225,6 +233,9 @@ function M.normalize(t, where, base, extra_keys)
       type(db) == "string" and "an empty string" or type(db))
   end
   s.database = resolve(base, db or "moontask.db")
+  if s.database == ":memory:" and where ~= "moontask.open" then
+    fail(where, "database: \":memory:\" would vanish when the command exits; use a file path")
+  end
   if s.database ~= ":memory:" then
     local parent = dirname(s.database)
     local d = io.open(parent, "r")

@@ -110,7 +110,7 @@ function M.tasks_table(rows)
   local cells = { header }
   for _, r in ipairs(rows) do
     cells[#cells + 1] = {
-      r.id, r.task, r.status, tostring(r.attempts), iso(r.created_at), clip(args_text(r), 40),
+      r.id, safe(r.task), r.status, tostring(r.attempts), iso(r.created_at), clip(args_text(r), 40),
       clip(r.error, 60),
     }
   end
@@ -132,7 +132,7 @@ end
 function M.task_text(row)
   local lines = {
     "id:          " .. row.id,
-    "task:        " .. row.task,
+    "task:        " .. safe(row.task),
     "status:      " .. row.status,
     "attempts:    " .. row.attempts .. " (retries allowed: " .. row.retries .. ")",
     "created_at:  " .. iso(row.created_at),

@@ -143,4 +143,46 @@ e:close()
     assert.matches("task " .. id .. ": no configured key opens its arguments", err, 1, true)
     assert.is_nil(err:find(old:sub(1, 12), 1, true))
   end)
+
+  it("refuses a :memory: database in a config file (the task would vanish)", function()
+    config('return { database = ":memory:", scripts = { "tasks.lua" } }')
+    local code, out, err = mt("add", "ok")
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.matches(":memory:", err, 1, true)
+  end)
+
+  it("refuses to add plain arguments to a queue holding encrypted ones", function()
+    local key = moontask.keygen()
+    config(string.format(
+      'return { database = "q.db", scripts = { "tasks.lua" }, encrypt_args_key = %q }', key))
+    assert.equal(0, (mt("add", "ok", '"secret-value"')))
+    config('return { database = "q.db", scripts = { "tasks.lua" } }')
+    local code, _, err = mt("add", "ok", '"another-secret"')
+    assert.equal(2, code)
+    assert.matches("encrypted arguments but this config has no encryption key", err, 1, true)
+    assert.equal("0", support.sqlite_value(dir .. "/q.db",
+      "SELECT count(*) FROM tasks WHERE payload IS NOT NULL"))
+  end)
+
+  it("refuses task names with control characters", function()
+    local e = assert(moontask.open {})
+    assert.has_error(function() e:add("evil\27]0;pwned\7") end)
+    assert.has_error(function() moontask.task("bad\nname", function() end) end)
+    assert.equal(0, #e:tasks())
+    e:close()
+  end)
+
+  it("keeps working when its stdout pipe closes (SIGPIPE)", function()
+    config('return { database = "q.db", scripts = { "tasks.lua" }, log = { stdout = true } }')
+    local e = assert(moontask.open { config = dir .. "/moontask.lua", log = { stdout = false } })
+    for _ = 1, 200 do e:add("ok") end
+    e:close()
+    local ok, _, code = os.execute("cd " .. support.quote(dir) .. " && bash -c 'set -o pipefail; "
+      .. support.quote(support.bin):gsub("'", "'\\''") .. " run --drain | head -c 1 >/dev/null'")
+    assert.is_true(ok, "exit " .. tostring(code))
+    local _, json = mt("list", "--json", "--status", "SUCCESS")
+    assert.equal(200, #support.json(json))
+  end)
 end)
+
