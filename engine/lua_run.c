@@ -367,9 +367,58 @@ static void push_result(lua_State *L, mt_engine *e, int ctx, int status, const c
     lua_setfield(L, -2, "logs");
 }
 
-// Swaps print and os.exit for the task's versions, or back.
+// Lua runs the message handler of an error raised by a hook with hooks off,
+// so a task's own xpcall handler that loops would escape the timeout. Once
+// the deadline fired, this wrapper hands the error back without calling it.
+static int guarded_handler(lua_State *L)
+{
+    if (mt_host_limits(L)->fired) {
+        return 1;  // the error value, unchanged
+    }
+    int n = lua_gettop(L);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, n, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int xpcall_done(lua_State *L, int status, lua_KContext base)
+{
+    (void)status;
+    return lua_gettop(L) - (int)base;
+}
+
+// xpcall(f, msgh, ...) inside tasks: the real xpcall (upvalue 1) with msgh
+// wrapped by guarded_handler; yields inside f still work (lua_callk).
+static int task_xpcall(lua_State *L)
+{
+    int n = lua_gettop(L);
+    luaL_checkany(L, 2);
+    luaL_checkstack(L, n + 2, "too many arguments to xpcall");
+    lua_pushvalue(L, lua_upvalueindex(1));  // args xpcall
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, guarded_handler, 1);  // args xpcall f guarded
+    for (int i = 3; i <= n; i++) {
+        lua_pushvalue(L, i);
+    }
+    lua_callk(L, n, LUA_MULTRET, n, xpcall_done);
+    return xpcall_done(L, LUA_OK, n);
+}
+
+// Swaps print, os.exit and xpcall for the task's versions, or back.
 static void swap_globals(lua_State *L, int ctx, bool enter)
 {
+    lua_getglobal(L, "xpcall");
+    if (enter) {
+        lua_pushvalue(L, -1);
+        lua_setfield(L, ctx, "saved_xpcall");
+        lua_pushcclosure(L, task_xpcall, 1);
+    } else {
+        lua_pop(L, 1);
+        lua_getfield(L, ctx, "saved_xpcall");
+    }
+    lua_setglobal(L, "xpcall");
     lua_getglobal(L, "print");
     if (enter) {
         lua_setfield(L, ctx, "saved_print");

@@ -184,5 +184,33 @@ e:close()
     local _, json = mt("list", "--json", "--status", "SUCCESS")
     assert.equal(200, #support.json(json))
   end)
+
+  it("times out a task whose xpcall message handler loops, and keeps xpcall working", function()
+    local e = assert(moontask.open {})
+    local seen = {}
+    moontask.task("xp_loop", { timeout = 0.2 }, function()
+      xpcall(function() while true do end end, function() while true do end end)
+    end)
+    moontask.task("xp_normal", function(a)
+      local ok, msg = xpcall(function(x) error("boom " .. x, 0) end,
+        function(m) return "handled: " .. m end, a)
+      seen.failure = { ok, msg }
+      seen.success = table.pack(xpcall(function(x, y) return x + y, "two" end, print, 1, 2))
+      local co = coroutine.wrap(function()
+        return xpcall(function() return coroutine.yield("paused") end, print)
+      end)
+      seen.yield = { co(), select(2, co("resumed")) }
+    end)
+    local slow = e:add("xp_loop")
+    local normal = e:add("xp_normal", "x")
+    e:drain()
+    assert.equal("FAILED", e:get(slow).status)
+    assert.matches("timed out", e:get(slow).error, 1, true)
+    assert.equal("SUCCESS", e:get(normal).status, e:get(normal).error)
+    assert.same({ false, "handled: boom x" }, seen.failure)
+    assert.same({ true, 3, "two", n = 3 }, seen.success)
+    assert.same({ "paused", "resumed" }, seen.yield)
+    e:close()
+  end)
 end)
 
