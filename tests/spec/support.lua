@@ -278,11 +278,19 @@ function M.pyfernet(args, stdin)
   local tmp = os.tmpname()
   M.write(tmp .. ".in", stdin or "")
   local cmd = { "/usr/bin/python3", q(M.vectors .. "/pyfernet.py") }
-  for _, a in ipairs(args) do cmd[#cmd + 1] = q(a) end
+  for i, a in ipairs(args) do
+    -- A base64url key may start with '-', which argparse would take for an
+    -- option: hand such a key over as @FILE.
+    if i == 2 and a:sub(1, 1) == "-" then
+      M.write(tmp .. ".key", a)
+      a = "@" .. tmp .. ".key"
+    end
+    cmd[#cmd + 1] = q(a)
+  end
   local _, _, code = os.execute(table.concat(cmd, " ") .. " <" .. q(tmp .. ".in")
     .. " >" .. q(tmp .. ".out") .. " 2>" .. q(tmp .. ".err"))
   local out, err = M.read(tmp .. ".out") or "", M.read(tmp .. ".err") or ""
-  for _, s in ipairs { "", ".in", ".out", ".err" } do os.remove(tmp .. s) end
+  for _, s in ipairs { "", ".in", ".out", ".err", ".key" } do os.remove(tmp .. s) end
   return code, out, err
 end
 
