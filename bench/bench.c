@@ -53,6 +53,8 @@ static const scenario scenarios[] = {
     {"burn-enc", "1e burn-down, encrypted", K_LUA, "burn_down", 0, true, false, 0},
     {"concurrent", "2 concurrent add+run", K_LUA, "concurrent", 0, false, false, 0},
     {"concurrent-enc", "3 concurrent, encrypted", K_LUA, "concurrent", 0, true, false, 0},
+    {"concurrent-batch", "2b concurrent, add_many x100", K_LUA, "concurrent_batch", 0, false, false,
+     0},
     {"retries", "4 retries (each fails once)", K_LUA, "retries", 0, false, false, 0},
     {"idle", "6 idle engine, N queued", K_LUA, "idle", 0, false, false, 0},
     {"concurrent-full", "2f concurrent", K_LUA, "concurrent", 0, false, true, 5000},

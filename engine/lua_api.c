@@ -400,6 +400,28 @@ static int engine_enqueue(lua_State *L)
     return enqueue_impl(L, check_engine(L, 1), 2);
 }
 
+// e:add_many(task, { {args...}, {args...}, ... }) -> list of ids, in one
+// transaction (a producer's group commit).
+static int engine_add_many(lua_State *L)
+{
+    mt_engine *e = check_engine(L, 1);
+    const char *task = luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    mt_err err = {0};
+    int rc = mt_engine_enqueue_many(L, e, task, 3, &err);
+    if (rc == MT_EINVAL || rc == MT_ENOTFOUND) {
+        lua_pushstring(L, mt_err_msg(&err));
+        mt_err_clear(&err);
+        return lua_error(L);
+    }
+    if (rc != MT_OK) {
+        int r = push_fail(L, &err);
+        mt_err_clear(&err);
+        return r;
+    }
+    return 1;
+}
+
 // e:run_one() / e:run_batch(max) -> number of tasks run, list of their ids
 static int engine_run_batch(lua_State *L, size_t max)
 {
@@ -472,11 +494,17 @@ static int engine_tostring(lua_State *L)
 }
 
 static const luaL_Reg engine_methods[] = {
-    {"add", engine_add},         {"enqueue", engine_enqueue},
-    {"run_one", engine_run_one}, {"run_batch", engine_run_batch_m},
-    {"now", engine_now},         {"advance", engine_advance},
-    {"stats", engine_stats},     {"_strict", engine_strict},
-    {"close", engine_close},     {NULL, NULL},
+    {"add", engine_add},
+    {"enqueue", engine_enqueue},
+    {"add_many", engine_add_many},
+    {"run_one", engine_run_one},
+    {"run_batch", engine_run_batch_m},
+    {"now", engine_now},
+    {"advance", engine_advance},
+    {"stats", engine_stats},
+    {"_strict", engine_strict},
+    {"close", engine_close},
+    {NULL, NULL},
 };
 
 static const luaL_Reg engine_meta[] = {

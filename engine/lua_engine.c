@@ -379,10 +379,10 @@ static int encrypt_payload(mt_engine *e, const mt_buf *plain, double now, mt_buf
                              err);
 }
 
-int mt_engine_enqueue(lua_State *L, mt_engine *e, const char *task, int first, int n,
-                      const mt_enqueue_opts *o, char id[37], mt_err *err)
+// The policy of a task about to be enqueued, or MT_ENOTFOUND for a name the
+// loaded registry lacks. [-0, +0, m]
+static int lookup_policy(lua_State *L, mt_engine *e, const char *task, mt_policy *p, mt_err *err)
 {
-    first = lua_absindex(L, first);
     if (!mt_engine_valid_name(task)) {
         return mt_err_set(err, MT_EINVAL,
                           "task name must be 1 to 200 bytes without control characters");
@@ -400,42 +400,132 @@ int mt_engine_enqueue(lua_State *L, mt_engine *e, const char *task, int first, i
                           "(check the task name and the config's scripts)",
                           task);
     }
-    mt_policy p = task_policy(L, e, entry);
+    *p = task_policy(L, e, entry);
     lua_pop(L, 2);
-    if (o != NULL) {
-        mt_policy_overlay(&p, &o->spec);
-    }
-    mt_buf plain, token;
-    mt_buf_init(&plain, true);
-    mt_buf_init(&token, false);
-    int rc = mt_args_encode(L, first, n, &plain, err);
-    double now = mt_engine_now(e);
-    if (rc == MT_OK && e->nkeys > 0) {
-        rc = encrypt_payload(e, &plain, now, &token, err);
+    return MT_OK;
+}
+
+// Serialises (and encrypts) the n values at first.. into t, whose payload
+// or token then lives in a Lua-owned buffer left on the stack; the
+// plaintext of an encrypted task is wiped at once. [-0, +1, m]
+static int prepare_task(lua_State *L, mt_engine *e, int first, int n, double now, mt_task_new *t,
+                        char id[37], mt_err *err)
+{
+    first = lua_absindex(L, first);
+    mt_buf *out = mt_lua_push_buf(L, e->nkeys == 0);  // out
+    int rc = MT_OK;
+    if (e->nkeys == 0) {
+        rc = mt_args_encode(L, first, n, out, err);
+    } else {
+        mt_buf *plain = mt_lua_push_buf(L, true);  // out plain
+        rc = mt_args_encode(L, first, n, plain, err);
+        if (rc == MT_OK) {
+            rc = encrypt_payload(e, plain, now, out, err);
+        }
+        mt_buf_clear(plain);
+        lua_pop(L, 1);  // out
     }
     if (rc == MT_OK) {
         rc = mt_uuid4(id);
     }
+    t->id = id;
+    t->created_at = now;
+    t->payload = e->nkeys > 0 ? NULL : out->data;
+    t->payload_len = e->nkeys > 0 ? 0 : out->len;
+    t->token = e->nkeys > 0 ? (const char *)out->data : NULL;
+    return rc;
+}
+
+int mt_engine_enqueue(lua_State *L, mt_engine *e, const char *task, int first, int n,
+                      const mt_enqueue_opts *o, char id[37], mt_err *err)
+{
+    first = lua_absindex(L, first);
+    mt_policy p;
+    int rc = lookup_policy(L, e, task, &p, err);
+    if (rc != MT_OK) {
+        return rc;
+    }
+    if (o != NULL) {
+        mt_policy_overlay(&p, &o->spec);
+    }
+    double now = mt_engine_now(e);
+    mt_task_new t = {.task = task, .policy = p};
+    rc = prepare_task(L, e, first, n, now, &t, id, err);  // buf
     if (rc == MT_OK) {
-        double run_at = now;
+        t.run_at = now;
         if (o != NULL) {
-            run_at = o->run_at > 0 ? o->run_at : now + o->delay;
+            t.run_at = o->run_at > 0 ? o->run_at : now + o->delay;
         }
-        mt_task_new t = {
-            .id = id,
-            .task = task,
-            .payload = e->nkeys > 0 ? NULL : plain.data,
-            .payload_len = e->nkeys > 0 ? 0 : plain.len,
-            .token = e->nkeys > 0 ? (const char *)token.data : NULL,
-            .created_at = now,
-            .run_at = run_at,
-            .policy = p,
-        };
         rc = mt_store_insert(e->store, &t, 1, err);
     }
-    mt_buf_clear(&plain);
-    mt_buf_clear(&token);
+    mt_buf_clear(lua_touserdata(L, -1));
+    lua_pop(L, 1);
     return rc;
+}
+
+int mt_engine_enqueue_many(lua_State *L, mt_engine *e, const char *task, int list, mt_err *err)
+{
+    list = lua_absindex(L, list);
+    mt_policy p;
+    int rc = lookup_policy(L, e, task, &p, err);
+    if (rc != MT_OK) {
+        return rc;
+    }
+    size_t count = lua_rawlen(L, list);
+    int base = lua_gettop(L);
+    // Plain memory owned by Lua: the rows point into the buffers on the stack.
+    mt_task_new *ts = lua_newuserdatauv(L, (count ? count : 1) * (sizeof *ts + 37), 0);  // ts
+    char *ids = (char *)(ts + (count ? count : 1));
+    double now = mt_engine_now(e);
+    luaL_checkstack(L, 8, "enqueue_many");
+    for (size_t i = 0; rc == MT_OK && i < count; i++) {
+        if (lua_rawgeti(L, list, (lua_Integer)i + 1) != LUA_TTABLE) {  // ts ... args
+            lua_pop(L, 1);
+            rc = mt_err_set(err, MT_EINVAL, "task %zu: expected a table of arguments", i + 1);
+            break;
+        }
+        lua_getfield(L, -1, "n");
+        int n = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : (int)lua_rawlen(L, -2);
+        lua_pop(L, 1);
+        if (n < 0 || n > 10000) {
+            lua_pop(L, 1);
+            rc = mt_err_set(err, MT_EINVAL, "task %zu: args.n must be from 0 to 10000", i + 1);
+            break;
+        }
+        luaL_checkstack(L, n + 4, "too many arguments");
+        int args = lua_gettop(L);
+        for (int k = 1; k <= n; k++) {
+            lua_rawgeti(L, args, k);
+        }
+        ts[i] = (mt_task_new){.task = task, .policy = p, .run_at = now};
+        rc = prepare_task(L, e, args + 1, n, now, &ts[i], ids + i * 37, err);  // .. args a* buf
+        if (rc == MT_EINVAL) {
+            lua_pushfstring(L, "task %d: %s", (int)i + 1, mt_err_msg(err));
+            rc = mt_err_set(err, MT_EINVAL, "%s", lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_replace(L, args);  // the buffer stays anchored where the table was
+        lua_settop(L, args);
+    }
+    if (rc == MT_OK && count > 0) {
+        rc = mt_store_insert(e->store, ts, count, err);
+    }
+    for (int k = base + 2; k <= lua_gettop(L); k++) {
+        mt_buf *b = lua_touserdata(L, k);  // only buffers sit above ts
+        mt_buf_clear(b);                   // wipe and free now, not at the next GC
+    }
+    if (rc != MT_OK) {
+        lua_settop(L, base);
+        return rc;
+    }
+    lua_createtable(L, (int)count, 0);  // ts bufs... ids
+    for (size_t i = 0; i < count; i++) {
+        lua_pushstring(L, ids + i * 37);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_replace(L, base + 1);
+    lua_settop(L, base + 1);
+    return MT_OK;
 }
 
 // ------------------------------------------------- Lua-owned temporaries

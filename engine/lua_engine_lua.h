@@ -66,6 +66,12 @@ typedef struct mt_enqueue_opts {
 int mt_engine_enqueue(lua_State *L, mt_engine *e, const char *task, int first, int n,
                       const mt_enqueue_opts *o, char id[37], mt_err *err);
 
+// Enqueues task once for each table in the list at index list (each a
+// sequence of arguments, with an optional n for trailing nils), all in one
+// transaction. Pushes the list of ids on success; errors as
+// mt_engine_enqueue (argument errors say which task). [-0, +(0|1), m]
+int mt_engine_enqueue_many(lua_State *L, mt_engine *e, const char *task, int list, mt_err *err);
+
 // Decrypts (if needed) and pushes the stored arguments of a task as a
 // sequence table with field n; pushes nil when they are encrypted and no
 // key opens them. [-0, +1, m]
