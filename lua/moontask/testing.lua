@@ -118,6 +118,8 @@ function Engine:add(...) return self.raw:add(...) end
 
 function Engine:enqueue(t) return self.raw:enqueue(t) end
 
+function Engine:add_many(task, list) return self.raw:add_many(task, list) end
+
 function Engine:now() return self.raw:now() end
 
 function Engine:advance(seconds)
