@@ -584,72 +584,60 @@ int mt_engine_open_token(mt_engine *e, const char *token, mt_buf *b, mt_err *err
     return mt_err_set(err, MT_ECRYPTO, "cannot decrypt arguments: no configured key matches");
 }
 
-void mt_engine_push_args(lua_State *L, mt_engine *e, const mt_task *row)
+
+// --------------------------------------------------- inspection helpers
+
+void mt_engine_push_arg_views(lua_State *L, mt_engine *e, const mt_task *row)
 {
+    mt_buf *b = push_secbuf(L);  // b
+    int bi = lua_gettop(L);
     const uint8_t *p = row->payload;
     size_t len = row->payload_len;
-    mt_buf *b = push_secbuf(L);  // secbuf
     if (row->token != NULL) {
         if (mt_engine_open_token(e, row->token, b, NULL) != MT_OK) {
             lua_pop(L, 1);
+            lua_pushnil(L);
             lua_pushnil(L);
             return;
         }
         p = b->data;
         len = b->len;
     }
-    int top = lua_gettop(L);
+    // Both views come from one decryption. The JSON text goes into a
+    // Lua-owned buffer before any Lua value is built.
+    mt_buf *j = push_secbuf(L);  // b j
+    char *json = NULL;
+    bool has_json = mt_args_to_json(p, len, &json, NULL) == MT_OK;
+    if (has_json) {
+        has_json = mt_buf_append_str(j, json) == MT_OK;
+        mt_wipe(json, strlen(json));
+        free(json);
+    }
     int n = 0;
     if (mt_args_decode(L, p, len, &n, NULL) != MT_OK) {
         mt_buf_clear(b);
-        lua_pop(L, 1);
+        mt_buf_clear(j);
+        lua_settop(L, bi - 1);
+        lua_pushnil(L);
         lua_pushnil(L);
         return;
     }
     mt_buf_clear(b);
-    lua_createtable(L, n, 1);  // secbuf a1..an t
+    lua_createtable(L, n, 1);  // b j a1..an t
     for (int i = n; i >= 1; i--) {
         lua_insert(L, -2);
         lua_rawseti(L, -2, i);
     }
     lua_pushinteger(L, n);
     lua_setfield(L, -2, "n");
-    lua_remove(L, top);  // t
-}
-
-// --------------------------------------------------- inspection helpers
-
-void mt_engine_push_args_json(lua_State *L, mt_engine *e, const mt_task *row)
-{
-    mt_buf *b = push_secbuf(L);  // b
-    const uint8_t *p = row->payload;
-    size_t len = row->payload_len;
-    if (row->token != NULL) {
-        if (mt_engine_open_token(e, row->token, b, NULL) != MT_OK) {
-            lua_pop(L, 1);
-            lua_pushnil(L);
-            return;
-        }
-        p = b->data;
-        len = b->len;
-    }
-    char *json = NULL;
-    int rc = mt_args_to_json(p, len, &json, NULL);
-    mt_buf_reset(b);
-    if (rc == MT_OK) {
-        rc = mt_buf_append_str(b, json);
-        mt_wipe(json, strlen(json));
-        free(json);
-    }
-    if (rc != MT_OK) {
-        mt_buf_clear(b);
-        lua_pop(L, 1);
+    if (has_json) {
+        lua_pushlstring(L, (const char *)j->data, j->len);  // b j t json
+    } else {
         lua_pushnil(L);
-        return;
     }
-    lua_pushlstring(L, (const char *)b->data, b->len);  // b json
-    mt_buf_clear(b);
-    lua_remove(L, -2);
+    mt_buf_clear(j);
+    lua_remove(L, bi + 1);
+    lua_remove(L, bi);  // t json
 }
 
 // ---------------------------------------------------------- key rotation

@@ -72,10 +72,11 @@ int mt_engine_enqueue(lua_State *L, mt_engine *e, const char *task, int first, i
 // mt_engine_enqueue (argument errors say which task). [-0, +(0|1), m]
 int mt_engine_enqueue_many(lua_State *L, mt_engine *e, const char *task, int list, mt_err *err);
 
-// Decrypts (if needed) and pushes the stored arguments of a task as a
-// sequence table with field n; pushes nil when they are encrypted and no
-// key opens them. [-0, +1, m]
-void mt_engine_push_args(lua_State *L, mt_engine *e, const mt_task *row);
+// Decrypts (if needed, once) and pushes the stored arguments twice: as a
+// sequence table with field n, and as JSON array text (see argwire.h).
+// Pushes nil, nil when they are encrypted and no key opens them.
+// [-0, +2, m]
+void mt_engine_push_arg_views(lua_State *L, mt_engine *e, const mt_task *row);
 
 // Records a log entry: inside a task, redacted, kept for the store and
 // written to the sink; outside a task, written to the sink of the current
@@ -91,10 +92,6 @@ void mt_engine_push_context(lua_State *L);
 // mt_engine_run_batch on thread L (the caller's; tasks run there), also
 // pushing the list of task ids it ran (or nil when none ran). [-0, +1, -]
 int mt_engine_run_batch_lua(lua_State *L, mt_engine *e, size_t max, size_t *ran, mt_err *err);
-
-// Pushes the stored arguments as JSON array text (see argwire.h), or nil
-// when they are encrypted and no key opens them. [-0, +1, m]
-void mt_engine_push_args_json(lua_State *L, mt_engine *e, const mt_task *row);
 
 // A zeroed userdata of size bytes whose metatable (cached in the registry
 // under key) has gc as __gc: C memory hung off it is freed even when a Lua

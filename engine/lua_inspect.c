@@ -178,10 +178,9 @@ static void push_task(lua_State *L, mt_engine *e, const mt_task *t, bool traceba
     lua_setfield(L, -2, "encrypted");
     lua_pushinteger(L, t->policy.retries);
     lua_setfield(L, -2, "retries");
-    mt_engine_push_args(L, e, t);  // row args|nil
+    mt_engine_push_arg_views(L, e, t);  // row args|nil json|nil
+    lua_setfield(L, -3, "args_json");
     lua_setfield(L, -2, "args");
-    mt_engine_push_args_json(L, e, t);  // row json|nil
-    lua_setfield(L, -2, "args_json");
 }
 
 // ------------------------------------------------------------- methods
