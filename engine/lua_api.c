@@ -35,12 +35,26 @@ typedef struct engine_ud {
 
 // ------------------------------------------------------------ helpers
 
-static int push_fail(lua_State *L, const mt_err *err)
+// Pushes nil, message, code name and clears err. [-0, +3, m]
+static int push_fail(lua_State *L, mt_err *err)
 {
     lua_pushnil(L);
     lua_pushstring(L, mt_err_msg(err));
     lua_pushstring(L, mt_errname(err->code));
+    mt_err_clear(err);
     return 3;
+}
+
+// An enqueue that failed: misuse (bad arguments, unknown task) raises,
+// anything else returns nil, message, code. Clears err.
+static int enqueue_failed(lua_State *L, int rc, mt_err *err)
+{
+    if (rc == MT_EINVAL || rc == MT_ENOTFOUND) {
+        lua_pushstring(L, mt_err_msg(err));
+        mt_err_clear(err);
+        return lua_error(L);
+    }
+    return push_fail(L, err);
 }
 
 static mt_engine *check_engine(lua_State *L, int idx)
@@ -107,15 +121,8 @@ static int do_enqueue(lua_State *L, mt_engine *e, const char *task, int first, i
     char id[37];
     mt_err err = {0};
     int rc = mt_engine_enqueue(L, e, task, first, n, o, id, &err);
-    if (rc == MT_EINVAL || rc == MT_ENOTFOUND) {
-        lua_pushstring(L, mt_err_msg(&err));
-        mt_err_clear(&err);
-        return lua_error(L);
-    }
     if (rc != MT_OK) {
-        int r = push_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return enqueue_failed(L, rc, &err);
     }
     lua_pushstring(L, id);
     return 1;
@@ -240,9 +247,7 @@ static int m_keygen(lua_State *L)
     char key[45];
     mt_err err = {0};
     if (mt_fernet_keygen(key, &err) != MT_OK) {
-        int r = push_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return push_fail(L, &err);
     }
     lua_pushstring(L, key);
     mt_wipe(key, sizeof key);
@@ -259,9 +264,7 @@ static int m_check_key(lua_State *L)
     int rc = mt_fernet_key_parse(&k, text, len, &err);
     mt_fernet_key_clear(&k);
     if (rc != MT_OK) {
-        int r = push_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return push_fail(L, &err);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -307,9 +310,7 @@ static int m_json_decode(lua_State *L)
     const char *text = luaL_checkstring(L, 1);
     mt_err err = {0};
     if (mt_args_push_json(L, text, &err) != MT_OK) {
-        int r = push_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return push_fail(L, &err);
     }
     lua_pushboolean(L, 1);
     lua_insert(L, -2);
@@ -327,9 +328,7 @@ static int m_json_encode(lua_State *L)
     }
     mt_buf_clear(b);
     if (rc != MT_OK) {
-        rc = push_fail(L, &err);
-        mt_err_clear(&err);
-        return rc;
+        return push_fail(L, &err);
     }
     return 1;
 }
@@ -409,17 +408,7 @@ static int engine_add_many(lua_State *L)
     luaL_checktype(L, 3, LUA_TTABLE);
     mt_err err = {0};
     int rc = mt_engine_enqueue_many(L, e, task, 3, &err);
-    if (rc == MT_EINVAL || rc == MT_ENOTFOUND) {
-        lua_pushstring(L, mt_err_msg(&err));
-        mt_err_clear(&err);
-        return lua_error(L);
-    }
-    if (rc != MT_OK) {
-        int r = push_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
-    }
-    return 1;
+    return rc == MT_OK ? 1 : enqueue_failed(L, rc, &err);
 }
 
 // e:run_one() / e:run_batch(max) -> number of tasks run, list of their ids
@@ -430,9 +419,7 @@ static int engine_run_batch(lua_State *L, size_t max)
     mt_err err = {0};
     if (mt_engine_run_batch_lua(L, e, max, &ran, &err) != MT_OK) {
         lua_pop(L, 1);
-        int r = push_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return push_fail(L, &err);
     }
     lua_pushinteger(L, (lua_Integer)ran);  // ids n
     lua_insert(L, -2);                     // n ids
@@ -519,7 +506,7 @@ mt_engine *mt_api_check_engine(lua_State *L, int idx)
     return check_engine(L, idx);
 }
 
-int mt_api_fail(lua_State *L, const mt_err *err)
+int mt_api_fail(lua_State *L, mt_err *err)
 {
     return push_fail(L, err);
 }

@@ -21,8 +21,8 @@ void mt_api_push_engine(lua_State *L);
 void mt_api_attach(lua_State *L, int idx, mt_engine *e, mt_sink *sink);
 // The open engine at idx; raises for a closed one or a wrong type.
 mt_engine *mt_api_check_engine(lua_State *L, int idx);
-// Pushes nil, message, code name; returns 3.
-int mt_api_fail(lua_State *L, const mt_err *err);
+// Pushes nil, message, code name and clears err; returns 3.
+int mt_api_fail(lua_State *L, mt_err *err);
 
 // Adds the inspection methods (get, logs, tasks, retry, counts, recover,
 // rotate_key, next_run_at) to the methods table on top. [-0, +0, m]

@@ -199,9 +199,7 @@ static int engine_get(lua_State *L)
     int rc = mt_store_get(mt_engine_store(e), id, &tv->v[0], &err);
     tv->n = 1;
     if (rc != MT_OK) {
-        rc = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return rc;
+        return mt_api_fail(L, &err);
     }
     push_task(L, e, &tv->v[0], true);
     return 1;
@@ -238,9 +236,7 @@ static int engine_tasks(lua_State *L)
         return luaL_error(L, "out of memory listing tasks");
     }
     if (rc != MT_OK) {
-        rc = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return rc;
+        return mt_api_fail(L, &err);
     }
     lua_createtable(L, (int)tv->n, 0);
     for (size_t i = 0; i < tv->n; i++) {
@@ -262,9 +258,7 @@ static int engine_logs(lua_State *L)
         return luaL_error(L, "out of memory reading logs");
     }
     if (rc != MT_OK) {
-        rc = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return rc;
+        return mt_api_fail(L, &err);
     }
     lua_createtable(L, (int)lv->n, 0);
     for (size_t i = 0; i < lv->n; i++) {
@@ -287,9 +281,7 @@ static int engine_retry(lua_State *L)
     const char *id = luaL_checkstring(L, 2);
     mt_err err = {0};
     if (mt_store_retry(mt_engine_store(e), id, mt_engine_now(e), &err) != MT_OK) {
-        int r = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return mt_api_fail(L, &err);
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -301,9 +293,7 @@ static int engine_counts(lua_State *L)
     int64_t c[MT_NSTATUS];
     mt_err err = {0};
     if (mt_store_counts(mt_engine_store(e), c, &err) != MT_OK) {
-        int r = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return mt_api_fail(L, &err);
     }
     lua_createtable(L, 0, MT_NSTATUS);
     for (int s = 0; s < MT_NSTATUS; s++) {
@@ -320,9 +310,7 @@ static int engine_next_run_at(lua_State *L)
     bool any = false;
     mt_err err = {0};
     if (mt_store_next_run_at(mt_engine_store(e), &at, &any, &err) != MT_OK) {
-        int r = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return mt_api_fail(L, &err);
     }
     if (any) {
         lua_pushnumber(L, at);
@@ -338,9 +326,7 @@ static int engine_recover(lua_State *L)
     int interrupted = 0, requeued = 0;
     mt_err err = {0};
     if (mt_engine_recover(e, &interrupted, &requeued, &err) != MT_OK) {
-        int r = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return mt_api_fail(L, &err);
     }
     lua_pushinteger(L, interrupted);
     lua_pushinteger(L, requeued);
@@ -353,9 +339,7 @@ static int engine_count_encrypted(lua_State *L)
     int64_t n = 0;
     mt_err err = {0};
     if (mt_store_count_encrypted(mt_engine_store(e), &n, &err) != MT_OK) {
-        int r = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return mt_api_fail(L, &err);
     }
     lua_pushinteger(L, n);
     return 1;
@@ -367,9 +351,7 @@ static int engine_rotate_key(lua_State *L)
     int64_t n = 0;
     mt_err err = {0};
     if (mt_engine_rotate(e, &n, &err) != MT_OK) {
-        int r = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return r;
+        return mt_api_fail(L, &err);
     }
     lua_pushinteger(L, n);
     return 1;

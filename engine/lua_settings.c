@@ -135,9 +135,7 @@ int mt_api_open(lua_State *L)
     }
     mt_api_attach(L, -1, e, sink);  // owned by the userdata from here on
     if (rc != MT_OK) {
-        rc = mt_api_fail(L, &err);
-        mt_err_clear(&err);
-        return rc;
+        return mt_api_fail(L, &err);
     }
     mt_engine_set_current(L, e);
     return 1;
