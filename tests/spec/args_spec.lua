@@ -5,11 +5,7 @@
 local moontask = require "moontask"
 local support = require "support"
 
-local function total(counts)
-  local n = 0
-  for _, c in pairs(counts) do n = n + c end
-  return n
-end
+local total = support.total
 
 describe("task arguments through the Lua module", function()
   local e, got

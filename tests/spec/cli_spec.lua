@@ -29,22 +29,12 @@ describe("the moontask command", function()
   local dir, cfg
 
   -- Runs moontask with the spec's config; returns code, stdout, stderr.
-  local function mt(...)
-    return support.run({ "-c", cfg, ... })
-  end
+  local function mt(...) return support.mt(cfg, ...) end
 
   -- Enqueues a task and returns its id (asserting the add succeeded).
-  local function add(...)
-    local code, out, err = mt("add", ...)
-    assert.equal(0, code, err)
-    return (out:gsub("\n$", ""))
-  end
+  local function add(...) return support.add(cfg, ...) end
 
-  local function show(id)
-    local code, out, err = mt("show", id, "--json")
-    assert.equal(0, code, err)
-    return support.json(out)
-  end
+  local function show(id) return support.show(cfg, id) end
 
   before_each(function()
     dir = support.tmpdir()

@@ -6,11 +6,7 @@
 local moontask = require "moontask"
 local support = require "support"
 
-local function total(counts)
-  local n = 0
-  for _, c in pairs(counts) do n = n + c end
-  return n
-end
+local total = support.total
 
 describe("the queue", function()
   local e

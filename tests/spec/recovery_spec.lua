@@ -50,33 +50,15 @@ return {
 ]]):format(extra or ""))
   end
 
-  local function mt(...)
-    return support.run({ "-c", dir .. "/moontask.lua", ... })
-  end
+  local function mt(...) return support.mt(dir .. "/moontask.lua", ...) end
 
-  local function add(...)
-    local code, out, err = mt("add", ...)
-    assert.equal(0, code, err)
-    return (out:gsub("\n$", ""))
-  end
+  local function add(...) return support.add(dir .. "/moontask.lua", ...) end
 
-  local function show(id)
-    local code, out, err = mt("show", id, "--json")
-    assert.equal(0, code, err)
-    return support.json(out)
-  end
+  local function show(id) return support.show(dir .. "/moontask.lua", id) end
 
   local function status(id) return show(id).status end
 
-  local function counts()
-    local _, out = mt("list", "--json")
-    local c, n = {}, 0
-    for _, row in ipairs(support.json(out)) do
-      c[row.status] = (c[row.status] or 0) + 1
-      n = n + 1
-    end
-    return c, n
-  end
+  local function counts() return support.counts(dir .. "/moontask.lua") end
 
   local function spawn(...)
     local h = support.spawn({ "-c", dir .. "/moontask.lua", ... }, { dir = dir, cwd = dir })

@@ -75,6 +75,43 @@ function M.run(args, opts)
   return code, out, err
 end
 
+-- Sum of a counts table ({PENDING = n, ...}).
+function M.total(counts)
+  local n = 0
+  for _, c in pairs(counts) do n = n + c end
+  return n
+end
+
+-- `moontask -c cfg ...`: returns code, stdout, stderr.
+function M.mt(cfg, ...)
+  return M.run({ "-c", cfg, ... })
+end
+
+-- `moontask add` that must succeed; returns the new id.
+function M.add(cfg, ...)
+  local code, out, err = M.mt(cfg, "add", ...)
+  assert(code == 0, "add failed (" .. tostring(code) .. "): " .. err)
+  return (out:gsub("\n$", ""))
+end
+
+-- `moontask show ID --json` that must succeed, decoded.
+function M.show(cfg, id)
+  local code, out, err = M.mt(cfg, "show", id, "--json")
+  assert(code == 0, "show failed (" .. tostring(code) .. "): " .. err)
+  return M.json(out)
+end
+
+-- Tasks by status from `moontask list --json`, and their total.
+function M.counts(cfg)
+  local _, out = M.mt(cfg, "list", "--json")
+  local c, n = {}, 0
+  for _, row in ipairs(M.json(out)) do
+    c[row.status] = (c[row.status] or 0) + 1
+    n = n + 1
+  end
+  return c, n
+end
+
 -- Writes a config and task script into dir; returns the config path.
 function M.project(dir, config_text, scripts)
   for name, text in pairs(scripts or {}) do M.write(dir .. "/" .. name, text) end

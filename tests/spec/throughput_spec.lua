@@ -40,15 +40,7 @@ describe("the dispatcher's group commit", function()
     return t
   end
 
-  local function counts()
-    local _, out = support.run({ "-c", dir .. "/moontask.lua", "list", "--json" })
-    local c, n = {}, 0
-    for _, row in ipairs(support.json(out)) do
-      c[row.status] = (c[row.status] or 0) + 1
-      n = n + 1
-    end
-    return c, n
-  end
+  local function counts() return support.counts(dir .. "/moontask.lua") end
 
   before_each(function()
     dir = support.tmpdir()
