@@ -50,4 +50,32 @@ describe("Engine:add_many", function()
       "task 1: expected a table of arguments")
     assert.equal(0, #e:tasks())
   end)
+
+  it("refuses an n out of range", function()
+    e = assert(moontask.open {})
+    assert.has_error(function() e:add_many("collect", { { n = -1 } }) end,
+      "task 1: args.n must be from 0 to 10000")
+    assert.equal(0, #e:tasks())
+  end)
+
+  it("leaves no plaintext argument in the database or its WAL (and the scan can find one)",
+    function()
+      local support = require "support"
+      local dir = support.tmpdir()
+      local secret = "add-many-secret-" .. support.random_hex(8)
+      local function bytes_on_disk(with_key)
+        local db = dir .. (with_key and "/enc.db" or "/plain.db")
+        local x = assert(moontask.open {
+          database = db, encrypt_args_key = with_key and moontask.keygen() or nil,
+        })
+        x:add_many("collect", { { secret }, { { nested = secret } } })
+        local blob = (support.read(db) or "") .. (support.read(db .. "-wal") or "")
+        x:close()
+        return blob
+      end
+      assert.is_nil(bytes_on_disk(true):find(secret, 1, true))
+      assert.truthy(bytes_on_disk(false):find(secret, 1, true))
+      support.cleanup()
+    end)
 end)
+
